@@ -1,0 +1,28 @@
+"""numaplan: plan and enforce NUMA placement for tensor-parallel LLM inference on CPUs.
+
+Importing this package is cheap: it never imports tvm or pulp. Those are loaded lazily by the
+layers that need them (``numaplan.passes``, ``numaplan.plan.solver_ilp``, ``numaplan.runtime``).
+"""
+
+from numaplan.errors import (
+    CostModelError,
+    InfeasiblePlanError,
+    ModelFormatError,
+    NumaplanError,
+    PlacementError,
+    SchemaVersionError,
+    TopologyError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CostModelError",
+    "InfeasiblePlanError",
+    "ModelFormatError",
+    "NumaplanError",
+    "PlacementError",
+    "SchemaVersionError",
+    "TopologyError",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""numaplan.cost."""
