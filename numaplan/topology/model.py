@@ -190,7 +190,9 @@ class Topology(Frozen):
         allowed = set(self.allowed_cpus)
         return tuple(c for c in self.node(node_id).cpus if c in allowed)
 
-    def physical_cores(self, node_id: int, *, usable_only: bool = True) -> tuple[tuple[int, ...], ...]:
+    def physical_cores(
+        self, node_id: int, *, usable_only: bool = True
+    ) -> tuple[tuple[int, ...], ...]:
         """The node's physical cores, each as the tuple of its logical CPUs (SMT siblings).
 
         When the source carries no SMT information each logical CPU counts as one core.

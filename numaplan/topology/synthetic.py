@@ -125,7 +125,8 @@ def synthetic_topology(
         else:
             logical, mem = [], cpuless_mem_bytes
         nodes.append(Node(node_id=ids[i], cpus=tuple(logical), mem_total_bytes=mem,
-                          mem_free_bytes=int(mem * free_fraction) // 1024 * 1024, socket_id=socket_of[i]))
+                          mem_free_bytes=int(mem * free_fraction) // 1024 * 1024,
+                          socket_id=socket_of[i]))
     dist = []
     for i in range(n_all):
         row = []
