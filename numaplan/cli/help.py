@@ -20,3 +20,34 @@ HELP = {
     "buffer_mib": "buffer size per cell in MiB (default: at least 4x the last-level cache)",
     "threads_per_node": "reader threads per node (default: one per usable physical core)",
 }
+
+HELP.update({
+    "compile": "plan a model's placement (and, later, build its library) into OUT/",
+    "model_dir": "MLC model directory (mlc-chat-config.json + tensor-cache.json), or a directory "
+                 "with a Hugging Face config.json (then give --quantization)",
+    "out_dir": "output directory (default: out/<model name>)",
+    "cost": "cost model JSON from `numaplan probe -o` (default: derived from SLIT distances "
+            "and --numa-inter-node-penalty)",
+    "mlc_output": "Intel MLC output file (a full run, or --bandwidth_matrix output) to use as "
+                  "the cost model",
+    "tp": "tensor-parallel workers W (default: the config's tensor_parallel_shards if > 1, "
+          "else the largest valid W not above the number of usable CPU nodes)",
+    "numa_nodes": "comma-separated node ids the plan may use (default: all allowed)",
+    "penalty": "numa_inter_node_penalty in 0..1: the cost of crossing nodes when no measured "
+               "matrix is given (see README: exponent 4p on the SLIT ratio)",
+    "no_prefer_local": "let the planner home shards on other nodes (numa_prefer_local_memory "
+                       "off)",
+    "node_affinity": "explicit worker:node pairs the plan must honour, e.g. 0:0,1:0,2:1",
+    "solver": "auto (MIP up to 64 CPU nodes, recursive bisection above), greedy, ilp, partition",
+    "mip_backend": "MIP solver behind pulp: auto (HiGHS when installed, else CBC), highs, cbc",
+    "time_limit": "time limit of the MIP solver in seconds",
+    "batch_size": "sequences decoded together (prediction and KV-cache reserve)",
+    "context_tokens": "context length whose KV cache is read per token (default: half the "
+                      "context window)",
+    "quantization": "quantization to plan with when MODEL_DIR holds only a Hugging Face "
+                    "config.json (q4f16_1, q0f16, q0f32, ...)",
+    "check": "CI gate: exit 0 when a committed plan is valid, current and near-optimal",
+    "plan_file": "the plan JSON (or the directory holding numa-plan.json)",
+    "tolerance": "accept the plan if a fresh solve is at most this much faster (fraction)",
+    "check_model": "the model directory the plan must match",
+})

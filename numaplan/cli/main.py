@@ -23,6 +23,8 @@ from numaplan.errors import NumaplanError
 COMMANDS = {
     "topology": "numaplan.cli.topology",
     "probe": "numaplan.cli.probe",
+    "compile": "numaplan.cli.compile",
+    "check": "numaplan.cli.check",
 }
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -1,0 +1,100 @@
+"""``numaplan compile``: plan a model's placement into OUT/numa-plan.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from numaplan._io import write_atomic
+from numaplan.cli._common import add_topology_args, human_bytes, topology_from_args
+from numaplan.cli._planning import (
+    add_cost_args,
+    add_plan_args,
+    default_tp,
+    load_cost,
+    load_model,
+    parse_affinity,
+    parse_nodes,
+)
+from numaplan.cli.help import HELP
+from numaplan.plan import Plan, PlanOptions, make_plan, write_plan
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compile", help=HELP["compile"], description=HELP["compile"])
+    p.add_argument("model_dir", metavar="MODEL_DIR", help=HELP["model_dir"])
+    p.add_argument("-o", "--output", metavar="OUT", help=HELP["out_dir"])
+    add_topology_args(p)
+    add_cost_args(p)
+    add_plan_args(p)
+    p.set_defaults(run=run)
+
+
+def options_from_args(args: argparse.Namespace, workload, topo) -> PlanOptions:
+    """PlanOptions from the shared planning options."""
+    return PlanOptions(
+        tensor_parallel_shards=args.tensor_parallel_shards or default_tp(workload, topo),
+        numa_nodes=parse_nodes(args.numa_nodes),
+        numa_inter_node_penalty=args.numa_inter_node_penalty,
+        numa_prefer_local_memory=not args.no_prefer_local_memory,
+        node_affinity=parse_affinity(args.node_affinity),
+        batch_size=args.batch_size, context_tokens=args.context_tokens,
+        solver=args.solver, mip_backend=args.mip_backend, time_limit_s=args.time_limit)
+
+
+def run(args: argparse.Namespace) -> int:
+    workload = load_model(args.model_dir, args.quantization)
+    topo = topology_from_args(args)
+    cost = load_cost(args, topo)
+    opts = options_from_args(args, workload, topo)
+    name = Path(args.model_dir).resolve().name
+    plan, report, _, _ = make_plan(workload, topo, cost, opts, model_name=name)
+    out = Path(args.output or Path("out") / name)
+    path = write_plan(plan, out)
+    write_atomic(out / "numa-plan.report.json",
+                 json.dumps(report.model_dump(), indent=2, sort_keys=True) + "\n")
+    print(render_summary(plan, str(path), report.total_s))
+    return 0
+
+
+def render_summary(plan: Plan, path: str, seconds: float | None = None) -> str:
+    """The short table `compile` prints."""
+    pr = plan.prediction
+    s = plan.solver
+    gap = "" if s.gap is None else f", gap {s.gap:.2g}"
+    lines = [f"plan: {path}  ({plan.model.name}, W={plan.request.tensor_parallel_shards}, "
+             f"solver {s.name}: {s.status}{gap}"
+             + (f", {seconds:.2f} s" if seconds is not None else "") + ")", ""]
+    lines.append(f"{'node':>4}  {'workers':<12} {'cpus':<20} {'threads':>7} {'homed':>10} "
+                 f"{'read/token':>11}")
+    for n in plan.nodes:
+        if not n.worker_ids and not n.bytes_homed:
+            continue
+        threads = sum(w.num_threads for w in plan.workers if w.node_id == n.node_id)
+        cpus = ",".join(w.cpus for w in plan.workers if w.node_id == n.node_id) or "-"
+        if len(cpus) > 20:
+            cpus = cpus[:17] + "..."
+        workers = ",".join(map(str, n.worker_ids)) or "-"
+        read = "-" if n.predicted_read_s is None else f"{n.predicted_read_s * 1e3:.3f} ms"
+        lines.append(f"{n.node_id:>4}  {workers:<12} {cpus:<20} {threads:>7} "
+                     f"{human_bytes(n.bytes_homed):>10} {read:>11}")
+    label = "predicted (nominal cost figures)" if pr.nominal else "predicted"
+    lines.append("")
+    lines.append(f"{label}: {pr.tokens_per_s:.2f} tokens/s at batch {pr.batch_size} "
+                 f"(read {pr.read_s * 1e3:.3f} ms + collectives {pr.collective_s * 1e3:.3f} ms "
+                 f"per token); lower bound {pr.lower_bound_tokens_per_s:.2f} tokens/s: plan "
+                 f"reaches {100 * pr.fraction_of_bound:.1f}%")
+    if pr.baselines:
+        lines.append("baselines (same model of the machine): " + ", ".join(
+            f"{k} {v.tokens_per_s:.2f}" + ("" if v.fits else " (does not fit)")
+            for k, v in pr.baselines.items()) + " tokens/s")
+    crossing = pr.cross_node_read_bytes_per_token
+    lines.append(f"cross-node reads: {human_bytes(crossing)} of "
+                 f"{human_bytes(pr.bytes_read_per_token)} per token")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(1)

@@ -1,0 +1,380 @@
+"""From (workload, topology, cost model, request) to a :class:`~numaplan.plan.schema.Plan`.
+
+Orchestrates the solvers (greedy always; then the MIP, or recursive bisection for machines too
+large for it), spells the aggregate answer out per worker (node, CPUs, memory binding) and per
+tensor (homes of every piece), prices the baselines and the lower bound with the same predictor,
+and returns the plan plus a report of the volatile facts (solve times) that must not go into the
+plan file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import Field
+
+from numaplan import __version__
+from numaplan._base import Frozen
+from numaplan.cost import CostModel
+from numaplan.errors import InfeasiblePlanError, UsageError
+from numaplan.model import Workload
+from numaplan.plan import baselines, solver_greedy, solver_partition
+from numaplan.plan.predict import Prediction, lower_bound, predict
+from numaplan.plan.problem import (
+    DEFAULT_COLLECTIVE_ALPHA_S,
+    DEFAULT_MEM_HEADROOM,
+    PlacementProblem,
+    build_problem,
+)
+from numaplan.plan.schema import (
+    BaselinePrediction,
+    CollectiveChoice,
+    Plan,
+    PlanCollectives,
+    PlanCostModel,
+    PlanModelInfo,
+    PlanNode,
+    PlanPrediction,
+    PlanRequest,
+    PlanSolver,
+    PlanTensor,
+    PlanTopology,
+    PlanWorker,
+    TensorHome,
+    r6,
+)
+from numaplan.plan.solution import Solution
+from numaplan.topology import Topology, format_cpulist
+
+log = logging.getLogger(__name__)
+
+SOLVERS = ("auto", "greedy", "ilp", "partition")
+#: Above this many CPU nodes ``auto`` uses recursive bisection instead of the MIP.
+MIP_MAX_CPU_NODES = 64
+PAGE = 4096
+
+
+class PlanOptions(Frozen):
+    """How to plan (the user-facing knobs plus solver settings)."""
+
+    tensor_parallel_shards: int
+    numa_nodes: tuple[int, ...] | None = None
+    numa_inter_node_penalty: float = 0.3
+    numa_prefer_local_memory: bool = True
+    node_affinity: dict[int, int] = Field(default_factory=dict)
+    batch_size: int = 1
+    context_tokens: int | None = None
+    mem_headroom: float = DEFAULT_MEM_HEADROOM
+    solver: str = "auto"
+    mip_backend: str = "auto"
+    time_limit_s: float = 30.0
+    collective_alpha_s: float = DEFAULT_COLLECTIVE_ALPHA_S
+
+
+class PlanReport(Frozen):
+    """Volatile facts of one planning run (kept out of the plan file)."""
+
+    solve_s: dict[str, float]
+    total_s: float
+    problem: dict[str, int]
+    solver_answers: dict[str, float]
+
+
+def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: PlanOptions, *,
+              model_name: str) -> tuple[Plan, PlanReport, PlacementProblem, Solution]:
+    """Plan a model on a machine.
+
+    Parameters
+    ----------
+    workload
+        The model (``numaplan.model.load_workload``).
+    topology
+        The machine (not yet restricted: ``options.numa_nodes`` is applied here).
+    cost
+        The cost model for that machine.
+    options
+        Knobs and solver settings.
+    model_name
+        Name recorded in the plan (usually the model directory's name).
+
+    Returns
+    -------
+    tuple
+        ``(plan, report, problem, solution)``.
+
+    Raises
+    ------
+    InfeasiblePlanError
+        When no placement satisfies the request.
+    UsageError
+        For an unknown solver name.
+    """
+    t_start = time.perf_counter()
+    if options.solver not in SOLVERS:
+        raise UsageError(f"unknown solver {options.solver!r}; choose one of {', '.join(SOLVERS)}")
+    topo = topology.restricted_to(options.numa_nodes) if options.numa_nodes else topology
+    problem = build_problem(
+        workload, topo, cost, num_workers=options.tensor_parallel_shards,
+        batch_size=options.batch_size, context_tokens=options.context_tokens,
+        prefer_local_memory=options.numa_prefer_local_memory,
+        node_affinity=options.node_affinity, mem_headroom=options.mem_headroom,
+        collective_alpha_s=options.collective_alpha_s)
+    times: dict[str, float] = {}
+    answers: dict[str, Solution] = {}
+
+    def run(name: str, fn) -> None:
+        t0 = time.perf_counter()
+        try:
+            answers[name] = fn()
+        except InfeasiblePlanError as exc:
+            log.info("solver %s: %s", name, exc)
+            if options.solver == name:
+                raise
+        finally:
+            times[name] = time.perf_counter() - t0
+
+    run("greedy", lambda: solver_greedy.solve(problem))
+    solver = options.solver
+    if solver == "auto":
+        solver = "ilp" if len(problem.cpu_node_ids) <= MIP_MAX_CPU_NODES else "partition"
+    if solver == "ilp":
+        from numaplan.plan import solver_ilp  # pulp is imported only when the MIP runs
+
+        run("ilp", lambda: solver_ilp.solve(problem, time_limit_s=options.time_limit_s,
+                                            backend=options.mip_backend,
+                                            warm_start=answers.get("greedy")))
+    elif solver == "partition":
+        run("partition", lambda: solver_partition.solve(problem))
+    chosen = answers.get(solver) or answers.get("greedy")
+    if chosen is None:
+        raise InfeasiblePlanError("no solver found a placement")
+    if solver != "greedy" and solver not in answers:
+        log.warning("%s found no placement; using the greedy one", solver)
+    pred = predict(problem, chosen)
+    if not pred.fits:
+        worst = max(pred.over_capacity, key=lambda j: pred.over_capacity[j])
+        raise InfeasiblePlanError(f"node {worst} lacks {pred.over_capacity[worst]} bytes for the "
+                                  "planned placement")
+    for name, sol in answers.items():
+        log.debug("%s: %s workers per node, %.6g s/token", name, sol.workers_per_node,
+                  predict(problem, sol).token_s)
+    plan = _spell_out(workload, topo, cost, options, problem, chosen, pred, model_name)
+    report = PlanReport(
+        solve_s={k: round(v, 4) for k, v in times.items()},
+        total_s=round(time.perf_counter() - t_start, 4),
+        problem={"cpu_nodes": len(problem.cpu_node_ids), "mem_nodes": len(problem.mem_node_ids),
+                 "workers": problem.num_workers, "tensors": len(workload.tensors)},
+        solver_answers={k: predict(problem, s).token_s for k, s in answers.items()},
+    )
+    return plan, report, problem, chosen
+
+
+def _spell_out(workload: Workload, topo: Topology, cost: CostModel, options: PlanOptions,
+               p: PlacementProblem, s: Solution, pred: Prediction, model_name: str) -> Plan:
+    workers = []
+    for w, n, cpus in _assign(p, s, options.node_affinity):
+        workers.append(PlanWorker(worker_id=w, node_id=n, cpus=format_cpulist(cpus),
+                                  num_threads=len(cpus), mem_node_id=p.home_of[n],
+                                  mem_policy="bind"))
+    by_node: dict[int, list[int]] = {}
+    for w in workers:
+        by_node.setdefault(w.node_id, []).append(w.worker_id)
+    tensors = _tensor_homes(workload, p, s)
+    homed: dict[int, int] = dict(pred.mem_used_bytes)
+    nodes = tuple(PlanNode(
+        node_id=n.node_id, socket_id=n.socket_id, cpus=format_cpulist(n.cpus),
+        mem_total_bytes=n.mem_total_bytes, mem_capacity_bytes=n.mem_capacity_bytes,
+        worker_ids=tuple(by_node.get(n.node_id, ())), bytes_homed=homed.get(n.node_id, 0),
+        predicted_read_s=(r6(pred.per_node_read_s[n.node_id])
+                          if n.node_id in pred.per_node_read_s else None))
+        for n in p.nodes)
+    counts = {n: len(ids) for n, ids in by_node.items()}
+    choices = [CollectiveChoice(phase="decode", message_bytes=p.allreduce_bytes,
+                                algorithm=pred.decode_algorithm,
+                                predicted_s=r6(pred.decode_allreduce_s))]
+    choices.append(CollectiveChoice(phase="prefill", message_bytes=p.prefill_allreduce_bytes,
+                                    algorithm=pred.prefill_algorithm,
+                                    predicted_s=r6(pred.prefill_allreduce_s)))
+    collectives = PlanCollectives(
+        kind="numaplan-shm" if p.num_workers > 1 else "none",
+        intra_node_groups=tuple(tuple(sorted(ids)) for _, ids in sorted(by_node.items())),
+        inter_node_leaders=tuple(sorted(min(ids) for ids in by_node.values()))
+        if len(by_node) > 1 else (),
+        allreduces_per_token=p.allreduces_per_token,
+        broadcasts_per_token=p.broadcasts_per_token,
+        choices=tuple(choices),
+        # Each rank's slot must hold the largest message (prefill), double-buffered.
+        segment_bytes=2 * max(p.prefill_allreduce_bytes * max(counts.values(), default=1),
+                              PAGE),
+    )
+    lb = lower_bound(p)
+    base: dict[str, BaselinePrediction] = {}
+    for name in baselines.BASELINES:
+        b = baselines.baseline(p, name)
+        if b is None:
+            continue
+        bp = predict(p, b)
+        base[name] = BaselinePrediction(
+            tokens_per_s=r6(bp.tokens_per_s), token_s=r6(bp.token_s), fits=bp.fits,
+            workers_per_node=dict(sorted(b.workers_per_node.items())),
+            cross_node_read_bytes_per_token=bp.cross_node_read_bytes_per_token)
+    nominal = cost.method == "slit" and "nominal" in str(cost.params.get("local_bw_source", ""))
+    prediction = PlanPrediction(
+        batch_size=p.batch_size, token_s=r6(pred.token_s), tokens_per_s=r6(pred.tokens_per_s),
+        read_s=r6(pred.read_s), collective_s=r6(pred.collective_s),
+        per_node_read_s={k: r6(v) for k, v in pred.per_node_read_s.items()},
+        bytes_read_per_token=pred.bytes_read_per_token,
+        cross_node_read_bytes_per_token=pred.cross_node_read_bytes_per_token,
+        lower_bound_token_s=r6(lb), lower_bound_tokens_per_s=r6(1 / lb),
+        fraction_of_bound=r6(lb / pred.token_s), nominal=nominal, baselines=base)
+    from numaplan.model.sizes import total_mem_nbytes
+
+    return Plan(
+        numaplan_version=__version__,
+        model=PlanModelInfo(
+            name=model_name, model_type=workload.model_type, quantization=workload.quantization,
+            model_dtype=workload.model_dtype, num_hidden_layers=workload.num_hidden_layers,
+            hidden_size=workload.hidden_size, num_key_value_heads=workload.num_key_value_heads,
+            weight_bytes=total_mem_nbytes(workload), index_source=workload.source,
+            fingerprint=workload.fingerprint),
+        topology=PlanTopology(source=topo.source, fingerprint=topo.fingerprint(),
+                              cpu_model=topo.cpu_model, distances=topo.distances,
+                              distances_node_ids=topo.node_ids),
+        cost_model=PlanCostModel(method=cost.method, fingerprint=cost.fingerprint(),
+                                 nominal=nominal,
+                                 params={k: (r6(v) if isinstance(v, float) else v)
+                                         for k, v in sorted(cost.params.items())}),
+        request=PlanRequest(
+            tensor_parallel_shards=p.num_workers, numa_nodes=options.numa_nodes,
+            numa_inter_node_penalty=options.numa_inter_node_penalty,
+            numa_prefer_local_memory=options.numa_prefer_local_memory,
+            node_affinity=dict(sorted(options.node_affinity.items())),
+            batch_size=options.batch_size, context_tokens=p.context_tokens,
+            mem_headroom=options.mem_headroom, solver=options.solver),
+        solver=PlanSolver(name=s.solver, status=s.status,
+                          gap=None if s.gap is None else r6(s.gap),
+                          objective_s=None if s.objective_s is None else r6(s.objective_s)),
+        workers=tuple(workers), nodes=nodes, collectives=collectives, prediction=prediction,
+        tensors=tensors,
+    )
+
+
+def _assign(p: PlacementProblem, s: Solution, affinity: Mapping[int, int]
+            ) -> list[tuple[int, int, tuple[int, ...]]]:
+    counts = dict(s.workers_per_node)
+    slots: dict[int, list[int]] = {n: [] for n in sorted(counts)}
+    for w, n in sorted(affinity.items()):
+        slots[n].append(w)
+    free_ids = [w for w in range(p.num_workers) if w not in affinity]
+    for n in sorted(counts):
+        while len(slots[n]) < counts[n]:
+            slots[n].append(free_ids.pop(0))
+    out = []
+    for n, ids in slots.items():
+        cores = p.node(n).cores
+        per, extra = divmod(len(cores), len(ids))
+        start = 0
+        for x, w in enumerate(sorted(ids)):
+            take = per + (1 if x < extra else 0)
+            out.append((w, n, tuple(core[0] for core in cores[start:start + take])))
+            start += take
+    return sorted(out)
+
+
+def _tensor_homes(workload: Workload, p: PlacementProblem, s: Solution) -> tuple[PlanTensor, ...]:
+    W = p.num_workers
+    active = sorted(n for n, k in s.workers_per_node.items() if k > 0)
+    # Split pieces: fill each node's homes in its preference order, walking tensors in layer
+    # order so a spill is a contiguous run of late layers (a few mbind ranges).
+    split = sorted((t for t in workload.tensors if t.is_split),
+                   key=lambda t: (t.layer is None, t.layer or 0, t.name))
+    homes_of: dict[str, dict[str, tuple[TensorHome, ...]]] = {t.name: {} for t in split}
+    for i in active:
+        quota = dict(s.split_homes[i])
+        order = sorted(quota, key=lambda j: (j != p.home_of[i], -(p.bw(i, j) or 0), j))
+        for t in split:
+            need = t.shard_mem_nbytes(W)
+            segs = []
+            while need > 0:
+                j = next((j for j in order if quota[j] > 0), order[-1])
+                take = need if quota[j] >= need or j == order[-1] else \
+                    max(PAGE, quota[j] // PAGE * PAGE)
+                take = min(take, need)
+                segs.append(TensorHome(node_id=j, nbytes=take))
+                quota[j] -= take
+                need -= take
+            homes_of[t.name][str(i)] = tuple(segs)
+    rep_home: dict[str, dict[int, int]] = {}
+    for g in p.replicas:
+        for name in g.tensor_names:
+            rep_home[name] = {i: max(s.replica_homes.get(g.name, {}).get(i)
+                                     or {p.home_of[i]: 1.0},
+                                     key=lambda j: s.replica_homes.get(g.name, {}).get(i, {})
+                                     .get(j, 1.0))
+                              for i in active}
+    out = []
+    for t in workload.tensors:
+        piece = t.shard_mem_nbytes(W)
+        if t.is_split:
+            h = homes_of[t.name]
+            local = all(len(v) == 1 and v[0].node_id == p.home_of[int(i)] for i, v in h.items())
+            homes = "local" if local else {i: h[i] for i in sorted(h, key=int)}
+        else:
+            rh = rep_home.get(t.name, {})
+            local = all(j == p.home_of[i] for i, j in rh.items())
+            homes = "local" if local else {str(i): (TensorHome(node_id=j, nbytes=piece),)
+                                          for i, j in sorted(rh.items())}
+        rule = t.shard_rule
+        out.append(PlanTensor(
+            name=t.name, role=str(t.role), layer=t.layer,
+            split_dim=rule.dim if rule.is_split else None,
+            split_segments=tuple(rule.segments) if rule.is_split else None,
+            replicated=not t.is_split, piece_nbytes=piece, homes=homes))
+    return tuple(out)
+
+
+def write_plan(plan: Plan, out_dir: str | Path) -> Path:
+    """Write ``OUT/numa-plan.json`` atomically and return its path."""
+    from numaplan.plan.io import PLAN_FILE, write_plan_file
+
+    return write_plan_file(plan, Path(out_dir) / PLAN_FILE)
+
+
+def solution_from_plan(plan: Plan, problem: PlacementProblem) -> Solution:
+    """The aggregate placement a plan file describes (to re-price it on a machine).
+
+    Raises
+    ------
+    InfeasiblePlanError
+        When the plan uses nodes the problem does not have.
+    """
+    counts: dict[int, int] = {}
+    for w in plan.workers:
+        if w.node_id not in problem.cpu_node_ids:
+            raise InfeasiblePlanError(f"plan puts worker {w.worker_id} on node {w.node_id}, "
+                                      f"which has no usable CPUs here")
+        counts[w.node_id] = counts.get(w.node_id, 0) + 1
+    split: dict[int, dict[int, int]] = {i: {} for i in counts}
+    reps: dict[str, dict[int, dict[int, float]]] = {}
+    group_of = {name: g.name for g in problem.replicas for name in g.tensor_names}
+    for t in plan.tensors:
+        for i in counts:
+            if t.homes == "local":
+                segs = ((problem.home_of[i], t.piece_nbytes),)
+            else:
+                segs = tuple((h.node_id, h.nbytes) for h in t.homes.get(str(i), ()))
+            if t.replicated:
+                g = group_of.get(t.name)
+                if g is not None and segs:
+                    reps.setdefault(g, {})[i] = {segs[0][0]: 1.0}
+                continue
+            for j, b in segs:
+                if j not in problem.mem_node_ids:
+                    raise InfeasiblePlanError(f"plan homes {t.name} on node {j}, which has no "
+                                              f"usable memory here")
+                split[i][j] = split[i].get(j, 0) + b
+    return Solution(workers_per_node=counts, split_homes=split, replica_homes=reps,
+                    solver=plan.solver.name, status="fixed")

@@ -1,0 +1,219 @@
+"""The plan file: one versioned, deterministic JSON document a person reviews in CI.
+
+Same inputs give a byte-identical file: no timestamps, no solve times (those go to the report),
+floats rounded to 6 significant digits, dictionaries in sorted order, lists in id order. The
+committed JSON Schema (``numaplan/schema/plan.v1.json``) is generated from these models and a test
+keeps the two equal. A change that removes or renames a field bumps ``schema_version`` and adds a
+migration in :mod:`numaplan.plan.io`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from pydantic import Field
+
+from numaplan._base import Frozen
+
+SCHEMA_VERSION = 1
+
+
+def r6(x: float) -> float:
+    """Round to 6 significant digits (stable across platforms, readable in diffs)."""
+    return float(f"{x:.6g}")
+
+
+class PlanModelInfo(Frozen):
+    """The model the plan is for."""
+
+    name: str
+    model_type: str
+    quantization: str
+    model_dtype: str
+    num_hidden_layers: int
+    hidden_size: int
+    num_key_value_heads: int
+    weight_bytes: int
+    index_source: str
+    fingerprint: str
+
+
+class PlanNode(Frozen):
+    """A node as the plan saw it, and what the plan puts on it."""
+
+    node_id: int
+    socket_id: int
+    cpus: str
+    mem_total_bytes: int | None
+    mem_capacity_bytes: int | None
+    worker_ids: tuple[int, ...]
+    bytes_homed: int
+    predicted_read_s: float | None
+
+
+class PlanTopology(Frozen):
+    """The machine, summarised."""
+
+    source: str
+    fingerprint: str
+    cpu_model: str | None
+    distances: tuple[tuple[int, ...], ...]
+    distances_node_ids: tuple[int, ...]
+
+
+class PlanCostModel(Frozen):
+    """Which cost model priced the plan."""
+
+    method: str
+    fingerprint: str
+    nominal: bool
+    params: dict[str, str | float | int | bool]
+
+
+class PlanRequest(Frozen):
+    """The knobs the plan was made with (MLC proposal names)."""
+
+    tensor_parallel_shards: int
+    numa_tensor_parallel: bool = True
+    numa_nodes: tuple[int, ...] | None = None
+    numa_inter_node_penalty: float
+    numa_prefer_local_memory: bool = True
+    node_affinity: dict[int, int] = Field(default_factory=dict)
+    batch_size: int = 1
+    context_tokens: int
+    mem_headroom: float
+    solver: str
+
+
+class PlanSolver(Frozen):
+    """Who found the placement and how good it is known to be."""
+
+    name: str
+    status: str
+    gap: float | None
+    objective_s: float | None
+
+
+class PlanWorker(Frozen):
+    """One tensor-parallel worker: where it runs and where its memory is bound."""
+
+    worker_id: int
+    node_id: int
+    cpus: str
+    num_threads: int
+    mem_node_id: int
+    mem_policy: Literal["bind", "preferred"]
+
+
+class TensorHome(Frozen):
+    """``nbytes`` of a piece live on ``node_id``."""
+
+    node_id: int
+    nbytes: int
+
+
+class PlanTensor(Frozen):
+    """One tensor: its role, how it is split, and where each worker's piece lives.
+
+    ``homes`` is ``"local"`` when every worker keeps its piece on its own ``mem_node_id``;
+    otherwise it maps each reader node (as a string, JSON keys are strings) to the homes of that
+    node's workers' pieces (split tensors) or of the copy they share (replicated tensors).
+    """
+
+    name: str
+    role: str
+    layer: int | None
+    split_dim: int | None
+    split_segments: tuple[int, ...] | None
+    replicated: bool
+    piece_nbytes: int
+    homes: Literal["local"] | dict[str, tuple[TensorHome, ...]]
+
+
+class CollectiveChoice(Frozen):
+    """The algorithm the runtime uses for one message size."""
+
+    phase: Literal["decode", "prefill"]
+    message_bytes: int
+    algorithm: str
+    predicted_s: float
+
+
+class PlanCollectives(Frozen):
+    """Collective groups and algorithms."""
+
+    kind: Literal["none", "numaplan-shm"]
+    intra_node_groups: tuple[tuple[int, ...], ...]
+    inter_node_leaders: tuple[int, ...]
+    allreduces_per_token: int
+    broadcasts_per_token: int
+    choices: tuple[CollectiveChoice, ...]
+    segment_bytes: int
+
+
+class BaselinePrediction(Frozen):
+    """The same prediction for an obvious alternative."""
+
+    tokens_per_s: float
+    token_s: float
+    fits: bool
+    workers_per_node: dict[int, int]
+    cross_node_read_bytes_per_token: int
+
+
+class PlanPrediction(Frozen):
+    """Predicted decode speed (a prediction: ``nominal`` says whether the cost figures were
+    measured or assumed)."""
+
+    batch_size: int
+    token_s: float
+    tokens_per_s: float
+    read_s: float
+    collective_s: float
+    per_node_read_s: dict[int, float]
+    bytes_read_per_token: int
+    cross_node_read_bytes_per_token: int
+    lower_bound_token_s: float
+    lower_bound_tokens_per_s: float
+    fraction_of_bound: float
+    nominal: bool
+    baselines: dict[str, BaselinePrediction]
+
+
+class Plan(Frozen):
+    """A placement plan (schema version 1)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    numaplan_version: str
+    model: PlanModelInfo
+    topology: PlanTopology
+    cost_model: PlanCostModel
+    request: PlanRequest
+    solver: PlanSolver
+    workers: tuple[PlanWorker, ...]
+    nodes: tuple[PlanNode, ...]
+    collectives: PlanCollectives
+    prediction: PlanPrediction
+    tensors: tuple[PlanTensor, ...]
+
+    def to_json(self) -> str:
+        """The canonical file text (see :func:`numaplan.plan.io.plan_text`)."""
+        from numaplan.plan.io import plan_text
+
+        return plan_text(self)
+
+    def digest(self) -> str:
+        """sha256 of the canonical text: what the compiled library embeds."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def worker(self, worker_id: int) -> PlanWorker:
+        """The worker with that id."""
+        return self.workers[worker_id]
+
+    def tensor_homes(self, tensor: PlanTensor, worker_id: int) -> tuple[TensorHome, ...]:
+        """Where ``worker_id``'s piece (or the copy it reads) of ``tensor`` lives."""
+        w = self.workers[worker_id]
+        if tensor.homes == "local":
+            return (TensorHome(node_id=w.mem_node_id, nbytes=tensor.piece_nbytes),)
+        return tensor.homes[str(w.node_id)]
