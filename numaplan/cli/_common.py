@@ -30,6 +30,7 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
 def emit(text: str, output: str | None) -> None:
     """Print ``text`` or write it atomically to ``output``."""
     if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(output), text)
         print(f"wrote {output}", file=sys.stderr)
     else:

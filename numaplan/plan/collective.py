@@ -9,7 +9,8 @@ Algorithms numaplan's CPU collective implements (numaplan.runtime):
   ``2 alpha + 4 L + 2 (k - 1) m / B``; wins from about 1 MiB.
 - ``hierarchical`` (several nodes): reduce to a leader inside each node, leaders exchange across
   nodes, broadcast inside each node:
-  ``3 alpha + max_n 2 (k_n - 1) m / B_n + max_n 2 L_n + max_pairs 2 L_ij + (a - 1) m / min_pairs B_ij``
+  ``3 alpha + max_n 2 (k_n - 1) m / B_n + max_n 2 L_n + max_pairs 2 L_ij``
+  ``+ (a - 1) m / min_pairs B_ij``
   where a is the number of active nodes. Flat rings over all ranks are never used: at decode
   sizes they pay 2 (p - 1) latencies (research/algorithms.md 3.3).
 

@@ -252,7 +252,7 @@ def solve(problem: PlacementProblem, *, time_limit_s: float = 30.0, seed: int = 
     P = p.split_bytes_per_worker
     for i, kk in counts.items():
         parts = {j: (var.value() or 0.0) * GB / kk for (r, j), var in v["g"].items() if r == i}
-        ints = {j: int(round(b)) for j, b in parts.items() if b * kk > 4096}
+        ints = {j: round(b) for j, b in parts.items() if b * kk > 4096}
         if not ints:
             ints = {p.home_of[i]: 0}
         top = max(ints, key=lambda j: (ints[j], j == p.home_of[i], -j))
