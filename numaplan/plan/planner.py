@@ -124,6 +124,7 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
         collective_alpha_s=options.collective_alpha_s)
     times: dict[str, float] = {}
     answers: dict[str, Solution] = {}
+    errors: dict[str, InfeasiblePlanError] = {}
 
     def run(name: str, fn) -> None:
         t0 = time.perf_counter()
@@ -131,6 +132,7 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
             answers[name] = fn()
         except InfeasiblePlanError as exc:
             log.info("solver %s: %s", name, exc)
+            errors[name] = exc
             if options.solver == name:
                 raise
         finally:
@@ -150,7 +152,9 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
         run("partition", lambda: solver_partition.solve(problem))
     chosen = answers.get(solver) or answers.get("greedy")
     if chosen is None:
-        raise InfeasiblePlanError("no solver found a placement")
+        # The greedy's message names the node and the bytes it lacks: the most useful one.
+        raise errors.get("greedy") or errors.get(solver) or \
+            InfeasiblePlanError("no solver found a placement")
     if solver != "greedy" and solver not in answers:
         log.warning("%s found no placement; using the greedy one", solver)
     pred = predict(problem, chosen)

@@ -35,6 +35,8 @@ def solve(problem: PlacementProblem, *, time_limit_s: float | None = None,
         nodes = order[:a]
         forced = [n for n in p.min_workers if n not in nodes]
         nodes = [*nodes, *forced]
+        if sum(p.max_workers[n] for n in nodes) < p.num_workers:
+            continue  # not enough cores on these nodes: not a candidate
         try:
             sol = place(p, counts_for(p, nodes))
         except InfeasiblePlanError as exc:
@@ -63,6 +65,9 @@ def counts_for(p: PlacementProblem, nodes: list[int], *, weights: dict[int, floa
     w = [weights[n] if weights else _local_bw(p, n) for n in nodes]
     caps = [min(p.max_workers[n] - base[n], _mem_cap_workers(p, n) - base[n]) for n in nodes]
     caps = [max(c, 0) for c in caps]
+    if sum(caps) < rest and sum(min(p.max_workers[n] - base[n], W) for n in nodes) >= rest:
+        # Cores would do; memory is what is missing. Say where and how much.
+        raise _short_for_worker(p, nodes)
     extra = largest_remainder(rest, w, caps)
     return {n: base[n] + e for n, e in zip(nodes, extra, strict=True)}
 
@@ -141,6 +146,19 @@ def place(p: PlacementProblem, counts: dict[int, int]) -> Solution:
     return Solution(workers_per_node={n: counts[n] for n in sorted(counts) if counts[n] > 0},
                     split_homes=split_homes, replica_homes=dict(replica_homes),
                     solver="greedy", status="heuristic")
+
+
+def _short_for_worker(p: PlacementProblem, nodes: list[int]) -> InfeasiblePlanError:
+    per = p.split_bytes_per_worker + p.reserve_bytes_per_worker
+    reps = sum(g.mem_bytes for g in p.replicas)
+    lacks = []
+    for n in nodes:
+        cap = p.node(p.home_of[n]).mem_capacity_bytes or 0
+        held = max(_mem_cap_workers(p, n), p.min_workers.get(n, 0))
+        lacks.append((max(per + reps + held * per - cap, 1), p.home_of[n]))
+    missing, node = min(lacks)
+    return _short(p, node, missing, f"one more worker ({per} bytes of shards and KV/activation "
+                  f"reserve plus {reps} bytes of replicated tensors)")
 
 
 def _short(p: PlacementProblem, node: int, missing: float, what: str) -> InfeasiblePlanError:

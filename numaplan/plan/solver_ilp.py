@@ -236,7 +236,7 @@ def solve(problem: PlacementProblem, *, time_limit_s: float = 30.0, seed: int = 
     elapsed = time.perf_counter() - t0
     status = pulp.LpStatus[prob.status]
     log.debug("MIP %s: %s in %.3f s, %d variables, %d constraints", name, status, elapsed,
-              len(prob.variables()), len(prob.constraints))
+              len(prob.variables()), prob.numConstraints())
     has_solution = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
     if prob.status == pulp.LpStatusInfeasible or not has_solution:
         raise InfeasiblePlanError(f"the MIP ({name}) found no placement: {status} "
