@@ -51,3 +51,17 @@ HELP.update({
     "tolerance": "accept the plan if a fresh solve is at most this much faster (fraction)",
     "check_model": "the model directory the plan must match",
 })
+
+HELP.update({
+    "diff": "compare two plans and say what moved (workers, tensor homes, collectives, "
+            "prediction), like a review comment",
+    "diff_a": "the plan before (JSON, or the directory holding numa-plan.json)",
+    "diff_b": "the plan after (JSON, or the directory holding numa-plan.json)",
+    "exit_code": "exit 1 when the plans differ (like git diff --exit-code); default: exit 0",
+    "diff_json": "print the differences as JSON (section, subject, text) instead of text",
+    "show": "print a plan as tables (nodes, workers, collectives, prediction, non-local "
+            "tensors), and optionally draw it",
+    "png": "also draw the machine and the plan to this PNG file (needs matplotlib: "
+           "pip install 'numaplan[plot]')",
+    "show_json": "print the plan's canonical JSON (validated, current schema) instead of tables",
+})

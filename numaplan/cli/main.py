@@ -25,6 +25,8 @@ COMMANDS = {
     "probe": "numaplan.cli.probe",
     "compile": "numaplan.cli.compile",
     "check": "numaplan.cli.check",
+    "diff": "numaplan.cli.diff",
+    "show": "numaplan.cli.show",
 }
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

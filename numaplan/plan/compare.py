@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from numaplan._base import Frozen
 from numaplan.model.roles import Role
-from numaplan.plan.schema import BaselinePrediction, Plan, PlanTensor, TensorHome
+from numaplan.plan.schema import BaselinePrediction, Plan, PlanNode, PlanTensor, TensorHome
 
 Section = Literal["inputs", "request", "solver", "nodes", "workers", "tensors", "collectives",
                   "prediction", "other"]
@@ -465,12 +465,11 @@ def _nodes(c: _Collector, a: Plan, b: Plan, b_label: str) -> None:
         subject = f"node {nid}"
         if y is None:
             assert x is not None
-            c.add("nodes", subject, f"node {nid}: no longer in the plan (was workers "
-                  f"{format_ids(x.worker_ids)}, {human_bytes(x.bytes_homed)} homed)")
+            c.add("nodes", subject, f"node {nid}: no longer in the plan (had "
+                  f"{_node_words(x)})")
             continue
         if x is None:
-            c.add("nodes", subject, f"node {nid}: new in the plan (workers "
-                  f"{format_ids(y.worker_ids)}, {human_bytes(y.bytes_homed)} homed)")
+            c.add("nodes", subject, f"node {nid}: new in the plan ({_node_words(y)})")
             continue
         parts = []
         if x.worker_ids != y.worker_ids:
@@ -494,6 +493,11 @@ def _nodes(c: _Collector, a: Plan, b: Plan, b_label: str) -> None:
             c.add("nodes", subject, f"node {nid}: " + "; ".join(parts))
 
 
+def _node_words(n: PlanNode) -> str:
+    workers = f"workers {format_ids(n.worker_ids)}" if n.worker_ids else "no workers"
+    return f"{workers}, {human_bytes(n.bytes_homed)} homed"
+
+
 def _workers(c: _Collector, a: Plan, b: Plan) -> None:
     wa = {w.worker_id: w for w in a.workers}
     wb = {w.worker_id: w for w in b.workers}
@@ -511,8 +515,9 @@ def _workers(c: _Collector, a: Plan, b: Plan) -> None:
         if x.node_id != y.node_id:
             parts.append(f"moved from node {x.node_id} to node {y.node_id}")
         if x.cpus != y.cpus or x.num_threads != y.num_threads:
-            parts.append(f"CPUs {x.cpus} -> {y.cpus} ({x.num_threads} -> {y.num_threads} "
-                         "threads)")
+            threads = ("" if x.num_threads == y.num_threads
+                       else f" ({x.num_threads} -> {y.num_threads} threads)")
+            parts.append(f"CPUs {x.cpus} -> {y.cpus}{threads}")
         if (x.mem_node_id, x.mem_policy) != (y.mem_node_id, y.mem_policy):
             parts.append(f"memory {x.mem_policy} node {x.mem_node_id} -> {y.mem_policy} node "
                          f"{y.mem_node_id}")
@@ -661,10 +666,11 @@ def _prediction(c: _Collector, a: Plan, b: Plan) -> None:
               f"{_tps(pb.tokens_per_s)} tokens/s{_pct_change(pa.tokens_per_s, pb.tokens_per_s)}"
               f" at batch {pa.batch_size}" + ("" if pa.batch_size == pb.batch_size
                                                 else f" -> {pb.batch_size}"))
-    if (pa.read_s, pa.collective_s) != (pb.read_s, pb.collective_s):
-        c.add("prediction", "per token",
-              f"per token: read {_ms(pa.read_s)} -> {_ms(pb.read_s)}, collectives "
-              f"{_ms(pa.collective_s)} -> {_ms(pb.collective_s)}")
+    parts = [f"{what} {_ms(x)} -> {_ms(y)}" for what, x, y in
+             (("read", pa.read_s, pb.read_s), ("collectives", pa.collective_s, pb.collective_s))
+             if _ms(x) != _ms(y)]
+    if parts:
+        c.add("prediction", "per token", "per token: " + ", ".join(parts))
     reach = f"{100 * pa.fraction_of_bound:.1f}% -> {100 * pb.fraction_of_bound:.1f}%"
     if pa.lower_bound_tokens_per_s != pb.lower_bound_tokens_per_s:
         c.add("prediction", "lower bound",

@@ -1,0 +1,5 @@
+"""``python -m numaplan.cli``: the same as the ``numaplan`` command."""
+
+from numaplan.cli.main import console_main
+
+console_main()
