@@ -52,7 +52,7 @@ from numaplan.osnuma.mempolicy import (
     set_mempolicy,
     thread_mempolicy,
 )
-from numaplan.osnuma.threads import PinnedThreads
+from numaplan.osnuma.threads import PinnedThreads, set_native_thread_name
 
 __all__ = [
     "BACKEND_ENV",
@@ -90,5 +90,6 @@ __all__ = [
     "sample_page_addresses",
     "set_affinity",
     "set_mempolicy",
+    "set_native_thread_name",
     "thread_mempolicy",
 ]
