@@ -33,8 +33,8 @@ HELP.update({
     "tp": "tensor-parallel workers W (default: the config's tensor_parallel_shards if > 1, "
           "else the largest valid W not above the number of usable CPU nodes)",
     "numa_nodes": "comma-separated node ids the plan may use (default: all allowed)",
-    "penalty": "numa_inter_node_penalty in 0..1: the cost of crossing nodes when no measured "
-               "matrix is given (see README: exponent 4p on the SLIT ratio)",
+    "penalty": "numa_inter_node_penalty in 0..1, in steps of 0.05: the cost of crossing nodes "
+               "when no measured matrix is given (README: exponent 4p on the SLIT ratio)",
     "no_prefer_local": "let the planner home shards on other nodes (numa_prefer_local_memory "
                        "off)",
     "node_affinity": "explicit worker:node pairs the plan must honour, e.g. 0:0,1:0,2:1",

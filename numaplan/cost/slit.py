@@ -126,6 +126,8 @@ def cost_from_slit(
             "bandwidth_exponent": PENALTY_EXPONENT_SCALE * penalty,
             "local_bw_source": "+".join(sorted(bw_src)),
             "distances_assumed": topology.distances_assumed,
+            **({"local_bw_gbps_arg": local_bw_gbps} if local_bw_gbps else {}),
+            **({"local_lat_ns_arg": local_lat_ns} if local_lat_ns else {}),
         },
         topology_fingerprint=topology.fingerprint(),
     )

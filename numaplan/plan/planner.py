@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from numaplan import __version__
 from numaplan._base import Frozen
@@ -52,6 +52,8 @@ from numaplan.topology import Topology, format_cpulist
 log = logging.getLogger(__name__)
 
 SOLVERS = ("auto", "greedy", "ilp", "partition")
+#: numa_inter_node_penalty is applied in steps of this size (see :func:`_monotone_in_penalty`).
+PENALTY_STEP = 0.05
 #: Above this many CPU nodes ``auto`` uses recursive bisection instead of the MIP.
 MIP_MAX_CPU_NODES = 64
 PAGE = 4096
@@ -72,6 +74,14 @@ class PlanOptions(Frozen):
     mip_backend: str = "auto"
     time_limit_s: float = 30.0
     collective_alpha_s: float = DEFAULT_COLLECTIVE_ALPHA_S
+
+    @field_validator("numa_inter_node_penalty")
+    @classmethod
+    def _on_grid(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"numa_inter_node_penalty must be in 0..1, got {v}")
+        # Applied in steps of PENALTY_STEP so that crossing is monotone in it.
+        return round(round(v / PENALTY_STEP) * PENALTY_STEP, 10)
 
 
 class PlanReport(Frozen):
@@ -116,6 +126,18 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
     if options.solver not in SOLVERS:
         raise UsageError(f"unknown solver {options.solver!r}; choose one of {', '.join(SOLVERS)}")
     topo = topology.restricted_to(options.numa_nodes) if options.numa_nodes else topology
+    if cost.method == "slit" and (cost.params.get("numa_inter_node_penalty") !=
+                                  options.numa_inter_node_penalty or
+                                  cost.topology_fingerprint != topo.fingerprint()):
+        # A SLIT-derived model is priced at the (grid) penalty of the request, on the nodes
+        # the plan may use.
+        from numaplan.cost import cost_from_slit
+
+        bw_arg = cost.params.get("local_bw_gbps_arg")
+        lat_arg = cost.params.get("local_lat_ns_arg")
+        cost = cost_from_slit(topo, penalty=options.numa_inter_node_penalty,
+                              local_bw_gbps=float(bw_arg) if bw_arg else None,
+                              local_lat_ns=float(lat_arg) if lat_arg else None)
     problem = build_problem(
         workload, topo, cost, num_workers=options.tensor_parallel_shards,
         batch_size=options.batch_size, context_tokens=options.context_tokens,
@@ -150,6 +172,11 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
                                             warm_start=answers.get("greedy")))
     elif solver == "partition":
         run("partition", lambda: solver_partition.solve(problem))
+    if solver == "ilp" and "ilp" in answers and cost.method == "slit":
+        t0 = time.perf_counter()
+        answers["ilp"] = _monotone_in_penalty(workload, topo, cost, options, problem,
+                                              answers["ilp"])
+        times["penalty_chain"] = time.perf_counter() - t0
     chosen = answers.get(solver) or answers.get("greedy")
     if chosen is None:
         # The greedy's message names the node and the bytes it lacks: the most useful one.
@@ -174,6 +201,65 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
         solver_answers={k: predict(problem, s).token_s for k, s in answers.items()},
     )
     return plan, report, problem, chosen
+
+
+def penalty_grid(penalty: float) -> list[float]:
+    """The penalties the continuation visits: 0, 0.05, ..., ``penalty``."""
+    n = round(penalty / PENALTY_STEP)
+    return [round(k * PENALTY_STEP, 10) for k in range(n + 1)]
+
+
+def _monotone_in_penalty(workload: Workload, topo: Topology, cost: CostModel,
+                         options: PlanOptions, problem: PlacementProblem,
+                         solution: Solution) -> Solution:
+    """Make cross-node traffic non-increasing in ``numa_inter_node_penalty``.
+
+    The token time is a bottleneck (a maximum over nodes), so the plain optimum at a higher
+    penalty can cross *more* (bytes added on a node that is not the bottleneck cost nothing).
+    The continuation walks the penalty grid 0, 0.05, ..., p; at each step it solves with the
+    crossing capped below the previous step's plan and keeps the previous plan when nothing
+    better fits the cap. The chain for p1 is a prefix of the chain for p2 > p1, so
+    ``cross(plan(p2)) <= cross(plan(p1))`` by construction. Skipped when the plan does not
+    cross nodes at all, which is the usual case.
+    """
+    from numaplan.plan import solver_ilp
+
+    if predict(problem, solution).cross_node_read_bytes_per_token == 0:
+        return solution
+    from numaplan.cost import cost_from_slit
+
+    bw_arg = cost.params.get("local_bw_gbps_arg")
+    lat_arg = cost.params.get("local_lat_ns_arg")
+    prev: Solution | None = None
+    prev_cross = float("inf")
+    for g in penalty_grid(options.numa_inter_node_penalty):
+        cost_g = cost_from_slit(topo, penalty=g,
+                                local_bw_gbps=float(bw_arg) if bw_arg else None,
+                                local_lat_ns=float(lat_arg) if lat_arg else None)
+        prob_g = build_problem(
+            workload, topo, cost_g, num_workers=options.tensor_parallel_shards,
+            batch_size=options.batch_size, context_tokens=options.context_tokens,
+            prefer_local_memory=options.numa_prefer_local_memory,
+            node_affinity=options.node_affinity, mem_headroom=options.mem_headroom,
+            collective_alpha_s=options.collective_alpha_s)
+        candidates: list[Solution] = []
+        if prev is not None:
+            candidates.append(prev)
+        margin = max(65536.0, 1e-6 * prev_cross) if prev is not None else 0.0
+        if prev_cross > 0:
+            try:
+                candidates.append(solver_ilp.solve(
+                    prob_g, time_limit_s=options.time_limit_s, backend=options.mip_backend,
+                    max_cross_bytes=None if prev is None else prev_cross - margin))
+            except InfeasiblePlanError:
+                pass
+        scored = [(pr.token_s, pr.cross_node_read_bytes_per_token, s) for s in candidates
+                  if (pr := predict(prob_g, s)).fits]
+        if not scored:
+            return solution
+        _, prev_cross, prev = min(scored, key=lambda t: (t[0], t[1]))
+    assert prev is not None
+    return prev
 
 
 def _spell_out(workload: Workload, topo: Topology, cost: CostModel, options: PlanOptions,
@@ -303,10 +389,10 @@ def _tensor_homes(workload: Workload, p: PlacementProblem, s: Solution) -> tuple
             need = t.shard_mem_nbytes(W)
             segs = []
             while need > 0:
+                # Byte-exact against the solution's quotas (the runtime rounds the range it
+                # binds to pages; a boundary page lands on one of the two homes).
                 j = next((j for j in order if quota[j] > 0), order[-1])
-                take = need if quota[j] >= need or j == order[-1] else \
-                    max(PAGE, quota[j] // PAGE * PAGE)
-                take = min(take, need)
+                take = need if j == order[-1] and quota[j] < need else min(need, quota[j])
                 segs.append(TensorHome(node_id=j, nbytes=take))
                 quota[j] -= take
                 need -= take

@@ -148,16 +148,29 @@ def lower_bound(p: PlacementProblem) -> float:
     reader = sorted((max((p.bw(i, j) or 0.0) for j in p.mem_node_ids) for i in p.cpu_node_ids),
                     reverse=True)
     dram = sum(p.dram_bw(j) for j in p.mem_node_ids)
+    stats = _pair_stats(p) if W > 1 and len(p.cpu_node_ids) > 1 else None
     best = float("inf")
     for a in range(1, len(p.cpu_node_ids) + 1):
         if a > W:
             break
         read = total / min(sum(reader[:a]), dram)
-        best = min(best, read + _coll_floor(p, a))
+        best = min(best, read + _coll_floor(p, a, stats))
     return best
 
 
-def _coll_floor(p: PlacementProblem, a: int) -> float:
+def _pair_stats(p: PlacementProblem) -> tuple[float, float, float, float]:
+    """Best-case latency and bandwidth terms over all nodes and node pairs (computed once)."""
+    from numaplan.plan.collective import pair_terms
+
+    cpu = list(p.cpu_node_ids)
+    intra = [(p.lat_s(n, p.home_of[n]), p.bw(n, p.home_of[n]) or float("inf")) for n in cpu]
+    pairs = [pair_terms(p, i, j) for x, i in enumerate(cpu) for j in cpu[x + 1:]]
+    return (min(lat for lat, _ in intra), min(lat for lat, _ in pairs),
+            max(bw for _, bw in pairs), max(bw for _, bw in intra))
+
+
+def _coll_floor(p: PlacementProblem, a: int,
+                stats: tuple[float, float, float, float] | None) -> float:
     W = p.num_workers
     if W <= 1:
         return 0.0
@@ -168,15 +181,8 @@ def _coll_floor(p: PlacementProblem, a: int) -> float:
             return float("inf")
         return min(p.allreduces_per_token * allreduce_choice(p, {n: W}, p.allreduce_bytes)[1]
                    + p.broadcasts_per_token * broadcast_cost(p, {n: W}) for n in hosts)
-    from numaplan.plan.collective import pair_terms
-
-    cpu = list(p.cpu_node_ids)
-    intra = [(p.lat_s(n, p.home_of[n]), p.bw(n, p.home_of[n]) or float("inf")) for n in cpu]
-    pairs = [pair_terms(p, i, j) for x, i in enumerate(cpu) for j in cpu[x + 1:]]
-    min_l = min(lat for lat, _ in intra)
-    min_pl = min(lat for lat, _ in pairs)
-    max_pb = max(bw for _, bw in pairs)
-    max_b = max(bw for _, bw in intra)
+    assert stats is not None
+    min_l, min_pl, max_pb, max_b = stats
     m = p.allreduce_bytes
     kmax = -(-W // a)
     ar = 3 * alpha + 2 * min_l + 2 * min_pl + (a - 1) * m / max_pb + 2 * (kmax - 1) * m / max_b

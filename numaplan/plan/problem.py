@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from numaplan._base import Frozen
 from numaplan.cost import CostModel
@@ -90,13 +90,16 @@ class PlacementProblem(Frozen):
     max_workers: dict[int, int] = Field(default_factory=dict)
     batch_size: int = 1
     context_tokens: int = 0
+    _index: dict[int, int] = PrivateAttr(default_factory=dict)
+    _dram: dict[int, float] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, __context: object) -> None:
+        # Lookups run millions of times on large machines: index once.
+        self._index = {n.node_id: i for i, n in enumerate(self.nodes)}
 
     def idx(self, node_id: int) -> int:
         """Index of a node id in :attr:`nodes` and the matrices."""
-        for i, n in enumerate(self.nodes):
-            if n.node_id == node_id:
-                return i
-        raise KeyError(node_id)
+        return self._index[node_id]
 
     def node(self, node_id: int) -> NodeResources:
         """Resources of a node."""
@@ -115,11 +118,14 @@ class PlacementProblem(Frozen):
     def dram_bw(self, mem: int) -> float:
         """What a memory node's DRAM can serve in total, bytes/s: its local bandwidth, or for a
         CPU-less node the best any reader gets from it."""
+        if mem in self._dram:
+            return self._dram[mem]
         vals = [self.bw(r, mem) for r in self.cpu_node_ids]
         local = self.bw(mem, mem) if mem in self.cpu_node_ids else None
         best = local if local is not None else max((v for v in vals if v), default=None)
         if best is None:
             raise CostModelError(f"no bandwidth figure for memory node {mem}")
+        self._dram[mem] = best
         return best
 
     @property
@@ -227,8 +233,10 @@ def build_problem(
         if r in candidates:
             home_of[r] = r
         else:
-            # Memoryless CPU node: its workers' memory goes to the fastest memory node for them.
-            home_of[r] = max(candidates, key=lambda m: (cost.bw(r, m), -m))
+            # Memoryless CPU node: its workers' memory goes to the fastest memory node for them;
+            # among equally fast ones (penalty 0 makes all equal) the nearest by latency.
+            home_of[r] = max(candidates, key=lambda m: (cost.bw(r, m), -(cost.lat(r, m) or 0),
+                                                        -m))
     W = num_workers
     split = sum(t.shard_mem_nbytes(W) for t in workload.tensors if t.is_split)
     groups: dict[str, list] = {"stream": [], "sparse": []}

@@ -19,7 +19,7 @@ from numaplan.topology import Topology, synthetic_topology
 from .helpers import scaled_cost, small_workload
 
 MiB = 1 << 20
-SETTINGS = settings(max_examples=25, deadline=None,
+SETTINGS = settings(max_examples=int(__import__("os").environ.get("NUMAPLAN_HYPOTHESIS_EXAMPLES", 25)), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
