@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -12,15 +13,15 @@ from hypothesis import strategies as st
 
 from numaplan.cost import cost_from_slit
 from numaplan.errors import InfeasiblePlanError
-from numaplan.plan import PlanOptions, build_problem, make_plan, predict
-from numaplan.plan import solver_greedy, solver_ilp
+from numaplan.plan import PlanOptions, build_problem, make_plan, predict, solver_greedy, solver_ilp
 from numaplan.topology import Topology, synthetic_topology
 
 from .helpers import scaled_cost, small_workload
 
 MiB = 1 << 20
-SETTINGS = settings(max_examples=int(__import__("os").environ.get("NUMAPLAN_HYPOTHESIS_EXAMPLES", 25)), deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+# NUMAPLAN_HYPOTHESIS_EXAMPLES=300 for a deeper search than the default CI budget.
+SETTINGS = settings(max_examples=int(os.environ.get("NUMAPLAN_HYPOTHESIS_EXAMPLES", 25)),
+                    deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @cache

@@ -6,8 +6,14 @@ import pytest
 
 from numaplan.cost import cost_from_slit
 from numaplan.errors import InfeasiblePlanError
-from numaplan.plan import PlanOptions, build_problem, make_plan
-from numaplan.plan import solver_greedy, solver_ilp, solver_partition
+from numaplan.plan import (
+    PlanOptions,
+    build_problem,
+    make_plan,
+    solver_greedy,
+    solver_ilp,
+    solver_partition,
+)
 from numaplan.topology import synthetic_topology
 
 from .helpers import fixture_topology, scaled_cost, small_workload
