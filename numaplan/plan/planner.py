@@ -245,16 +245,17 @@ def _monotone_in_penalty(workload: Workload, topo: Topology, cost: CostModel,
         candidates: list[Solution] = []
         if prev is not None:
             candidates.append(prev)
-        margin = max(65536.0, 1e-6 * prev_cross) if prev is not None else 0.0
         if prev_cross > 0:
             try:
                 candidates.append(solver_ilp.solve(
                     prob_g, time_limit_s=options.time_limit_s, backend=options.mip_backend,
-                    max_cross_bytes=None if prev is None else prev_cross - margin))
+                    max_cross_bytes=None if prev is None else prev_cross))
             except InfeasiblePlanError:
                 pass
+        # Exact integer test after rounding: the previous plan always qualifies.
         scored = [(pr.token_s, pr.cross_node_read_bytes_per_token, s) for s in candidates
-                  if (pr := predict(prob_g, s)).fits]
+                  if (pr := predict(prob_g, s)).fits and
+                  pr.cross_node_read_bytes_per_token <= prev_cross]
         if not scored:
             return solution
         _, prev_cross, prev = min(scored, key=lambda t: (t[0], t[1]))
