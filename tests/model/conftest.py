@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlc_fixtures import write_mlc_dir
 
 from numaplan.model import write_hf_config
+
+from .mlc_fixtures import write_mlc_dir
 
 
 @pytest.fixture

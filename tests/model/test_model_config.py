@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from mlc_fixtures import mlc_chat_config
 
 from numaplan.errors import ModelFormatError
 from numaplan.model import LLAMA3_8B_HF, parse_mlc_config, read_hf_config, read_mlc_config
+
+from .mlc_fixtures import mlc_chat_config
 
 
 def _write(tmp_path: Path, doc: object, name: str = "mlc-chat-config.json") -> Path:
