@@ -1,0 +1,168 @@
+"""``LowerCollectivesToNuma``: route Relax collectives to numaplan's CPU collective.
+
+TVM lowers ``relax.ccl.*`` (in ``LegalizeOps``) to ``runtime.disco.<op>``, which dispatches to a
+CCL (NCCL/RCCL) that does not exist on CPU. This pass runs first and rewrites every collective
+into ``call_dps_packed("numaplan.ccl.<op>", ...)``, the functions ``numaplan.runtime`` registers
+in every worker. Each call carries:
+
+- a collective id (its order in the function, so a trace names the call site),
+- the group (``"tp"``: all tensor-parallel workers; the only group MLC's models use),
+- the algorithm the plan picked for the message size (``hierarchical``, ``one_shot``, ...);
+  a message whose size is not static (prefill, with a symbolic sequence length) gets
+  ``"by_size"`` and the runtime picks from the plan's table at run time.
+
+Call signatures (destination-passing, the output is the last argument):
+
+- ``numaplan.ccl.allreduce(x, op_code, coll_id, group, algorithm, out)`` (op codes as TVM's:
+  sum 0, prod 1, min 2, max 3, avg 4)
+- ``numaplan.ccl.broadcast_from_worker0(x, coll_id, group, out)``
+- ``numaplan.ccl.allgather(x, coll_id, group, out)`` (concatenation along axis 0)
+- ``numaplan.ccl.scatter_from_worker0(x, axis, coll_id, group, out)``
+"""
+
+from __future__ import annotations
+
+import tvm
+import tvm_ffi
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
+
+from numaplan.errors import NumaplanError
+from numaplan.plan.schema import Plan
+
+OP_CODES = {"sum": 0, "prod": 1, "min": 2, "max": 3, "avg": 4}
+CCL_OPS = ("allreduce", "broadcast_from_worker0", "allgather", "scatter_from_worker0")
+PREFIX = "numaplan.ccl."
+GROUP = "tp"
+
+
+@tvm_ffi.register_error("PassOrderError")
+class PassOrderError(NumaplanError):
+    """The pass was placed after ``LegalizeOps``.
+
+    Registered with TVM's FFI error table so that it crosses the pass boundary with its type
+    (otherwise it comes back as a ``RuntimeError``).
+    """
+
+
+def _itemsize(dtype: str) -> int:
+    return max(tvm.runtime.DataType(dtype).bits // 8, 1)
+
+
+def static_nbytes(ty: relax.TensorType) -> int | None:
+    """Bytes of a tensor type with a static shape, else ``None``."""
+    shape = getattr(ty, "shape", None)
+    values = getattr(getattr(shape, "ty", None), "values", None)
+    if values is None:
+        return None
+    n = 1
+    for v in values:
+        if not isinstance(v, tvm.tirx.IntImm):
+            return None
+        n *= int(v.value)
+    return n * _itemsize(ty.dtype)
+
+
+def algorithm_for(plan: Plan | None, nbytes: int | None) -> str:
+    """The plan's algorithm for a message of ``nbytes`` (closest listed size)."""
+    if plan is None or not plan.collectives.choices:
+        return "by_size"
+    if nbytes is None:
+        return "by_size"
+    best = min(plan.collectives.choices,
+               key=lambda c: (abs(c.message_bytes - nbytes), c.message_bytes))
+    return best.algorithm
+
+
+@visitor
+class _LegalizedCollectiveFinder(PyExprVisitor):
+    """Finds ``runtime.disco.*`` collective calls (collectives already legalized)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def visit_call_(self, call: relax.Call) -> None:
+        super().visit_call_(call)
+        if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_dps_packed":
+            target = call.args[0]
+            name = getattr(target, "global_symbol", None)
+            if isinstance(name, str) and name.startswith("runtime.disco.") and \
+                    name.split(".")[-1] in CCL_OPS:
+                self.found.append(name)
+
+
+@mutator
+class _Rewriter(PyExprMutator):
+    def __init__(self, mod: tvm.ir.IRModule, plan: Plan | None) -> None:
+        super().__init__(mod)
+        self.plan = plan
+        self.counter = 0
+        self.rewritten = 0
+
+    def _next_id(self) -> int:
+        self.counter += 1
+        return self.counter - 1
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op) or not call.op.name.startswith("relax.ccl."):
+            return call
+        op = call.op.name.removeprefix("relax.ccl.")
+        x = call.args[0]
+        cid = relax.prim_value(self._next_id())
+        group = tvm.ir.StringImm(GROUP)
+        self.rewritten += 1
+        if op == "allreduce":
+            code = OP_CODES[str(call.attrs.op_type)]
+            algo = algorithm_for(self.plan, static_nbytes(x.ty))
+            return relax.call_dps_packed(
+                PREFIX + op, [x, relax.prim_value(code), cid, group, tvm.ir.StringImm(algo)],
+                out_ty=call.ty)
+        if op == "broadcast_from_worker0":
+            return relax.call_dps_packed(PREFIX + op, [x, cid, group], out_ty=call.ty)
+        if op == "allgather":
+            return relax.call_dps_packed(PREFIX + op, [x, cid, group], out_ty=call.ty)
+        if op == "scatter_from_worker0":
+            axis = relax.prim_value(int(call.attrs.axis))
+            return relax.call_dps_packed(PREFIX + op, [x, axis, cid, group], out_ty=call.ty)
+        raise PassOrderError(f"unsupported collective relax.ccl.{op}")
+
+
+@tvm.transform.module_pass(opt_level=0, name="LowerCollectivesToNuma")
+class LowerCollectivesToNuma:
+    """Rewrite ``relax.ccl.*`` into calls of numaplan's CPU collective.
+
+    The identity on a module without collectives. Must run before ``LegalizeOps``: a module
+    whose collectives were already legalized to ``runtime.disco.*`` is refused with a
+    :class:`PassOrderError`, because those calls have lost the structure this pass needs.
+
+    Parameters
+    ----------
+    plan
+        The placement plan (its collective table picks the algorithm per message size);
+        ``None`` leaves the choice to the runtime (``"by_size"``).
+    """
+
+    def __init__(self, plan: Plan | None = None) -> None:
+        self.plan = plan
+
+    def transform_module(self, mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext
+                         ) -> tvm.ir.IRModule:
+        finder = _LegalizedCollectiveFinder()
+        for _, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                finder.visit_expr(func)
+        if finder.found:
+            raise PassOrderError(
+                f"LowerCollectivesToNuma must run before LegalizeOps: the module already calls "
+                f"{sorted(set(finder.found))}")
+        rewriter = _Rewriter(mod, self.plan)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rewriter.counter = 0
+                new = rewriter.visit_expr(func)
+                rewriter.builder_.update_func(gv, new)
+        if rewriter.rewritten == 0:
+            return mod
+        return rewriter.builder_.get()

@@ -1,0 +1,1 @@
+"""Tests of the tiny_llama example (examples/tiny_llama)."""
