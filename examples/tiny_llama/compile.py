@@ -22,160 +22,22 @@ from typing import Any
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+from numaplan.passes.schedules import host_target, resolve_target  # noqa: F401 (re-exported)
 
 #: ``pipeline`` name -> GEMV schedule of :func:`cpu_pipeline` (``"build"``: ``tvm.compile``'s
 #: own default, no fusion at all).
 PIPELINES = {"default": "rows", "dlight": "dlight", "fused": None, "build": None}
 
 
-def host_target(**options: Any) -> tvm.target.Target:
-    """An ``llvm`` target for this machine's CPU (``mcpu`` from LLVM's host detection).
-
-    Plain ``"llvm"`` compiles for a generic x86-64 without F16C/AVX2: every float16 operation
-    then goes through a software conversion and the q0f16 model runs ~60x slower (and TVM
-    0.27 does not resolve ``mcpu="native"``). ``options`` are added to the target dict, e.g.
-    ``num-cores``.
-    """
-    from tvm.target import codegen
-
-    return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), **options})
-
-
-def resolve_target(target: str | dict | tvm.target.Target) -> tvm.target.Target:
-    """``"llvm"`` or ``"host"`` -> :func:`host_target`; anything else as TVM reads it."""
-    if isinstance(target, tvm.target.Target):
-        return target
-    if target in ("llvm", "host"):
-        return host_target()
-    return tvm.target.Target(target)
-
-
-_LANES = 16  # vector lanes of the reduction (contiguous along a weight row)
-
-
-def _vectorized_rfactor(sch, block, reduce_loop, under) -> bool:
-    """Split ``reduce_loop`` into ``[None, _LANES]``, ``rfactor`` the lanes, place the partial
-    sums under loop ``under`` and vectorise them over contiguous weight memory. False (and the
-    schedule untouched) when the reduction extent is not a static multiple of the lanes."""
-    from tvm.s_tir.dlight.base import get_extent
-
-    extent = get_extent(sch, reduce_loop)
-    if not isinstance(extent, int) or extent % _LANES or extent <= _LANES:
-        return False
-    _, lane = sch.split(reduce_loop, factors=[None, _LANES])
-    rf = sch.rfactor(lane, 0)
-    sch.compute_at(rf, under)
-    loops = sch.get_loops(rf)
-    anchor = sch.get_sref(under)
-    n_outer = 1 + next(p for p, loop in enumerate(loops) if sch.get_sref(loop).same_as(anchor))
-    rf_lane, *rest = loops[n_outer:]
-    sch.reorder(*rest, rf_lane)
-    sch.vectorize(rf_lane)
-    return True
-
-
-def _row_gemv_rule():
-    """A dlight rule for decode's matrix-vector products ``y[s] = sum_r x[r] * W[s, r]``.
-
-    dlight's stock ``cpu.GEMV`` vectorises 128 *output rows* (a gather from 128 rows of the
-    row-major weight) and fully unrolls the reduction: on the default model that took ~50 s of
-    LLVM time for a ~1.5x gain. This rule keeps dlight's matching and normalisation and
-    schedules the way a bandwidth-bound CPU GEMV wants: threads split the rows (4 rows a task),
-    each row is reduced in 16 vector lanes over contiguous weight memory (``rfactor``), then the
-    lanes are summed; an elementwise epilogue (residual add, cast) runs in the same task.
-    """
-    from tvm.s_tir import dlight as dl
-
-    class RowParallelGEMV(dl.cpu.GEMV):
-        rows_per_task = 4
-
-        def sch_inner_reduction(self, sch, target, block, vector_input_buffers,
-                                epilogue_info):
-            batch, s, r, c = sch.get_loops(block)
-            r = sch.fuse(r, c)
-            s_outer, _ = sch.split(s, factors=[None, self.rows_per_task])
-            outer = sch.fuse(batch, s_outer)
-            sch.parallel(outer)
-            _vectorized_rfactor(sch, block, r, outer)
-            if epilogue_info is not None:
-                sch.reverse_compute_at(epilogue_info.block_rv, outer)
-            return sch
-
-    return RowParallelGEMV()
-
-
-def _row_matmul_rule():
-    """A dlight rule for prefill's ``Y[b, i, j] = sum_k X[b, i, k] * W[j, k]`` (``i`` = tokens,
-    symbolic): threads split the weight rows ``j`` (8 a task) and every task streams its rows
-    once for all tokens, reducing in vector lanes as the GEMV rule does. It matches any
-    ``S...S R`` block (at least two spatial loops) with static ``j`` and ``k``; a schedule
-    never changes results, so a loose match can only cost speed."""
-    from tvm import s_tir, tirx
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base import get_extent, try_inline_contiguous_spatial
-    from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
-
-    class RowParallelMatmul(CPUScheduleRule):
-        rows_per_task = 8
-
-        def apply(self, func, target, _tunable):
-            if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-                return None
-            sch = s_tir.Schedule(func)
-            infos = normalize_prim_func(sch)
-            if infos is None:
-                return None
-            infos = try_inline_contiguous_spatial(sch, infos)
-            if infos is None or len(infos) not in (1, 2):
-                return None
-            if len(infos) == 2 and not infos[1].is_injective():
-                return None
-            main = infos[0]
-            kinds = "".join(it.kind for it in main.iters)
-            if len(kinds) < 3 or kinds != "S" * (len(kinds) - 1) + "R":
-                return None
-            block = main.block_rv
-            *rest, j, k = sch.get_loops(block)
-            if not isinstance(get_extent(sch, j), int) or not isinstance(get_extent(sch, k), int):
-                return None
-            j_outer, j_inner = sch.split(j, factors=[None, self.rows_per_task])
-            sch.reorder(j_outer, *rest, j_inner, k)
-            sch.parallel(j_outer)
-            _vectorized_rfactor(sch, block, k, rest[-1])
-            if len(infos) == 2:
-                sch.reverse_compute_at(infos[1].block_rv, rest[-1])
-            return sch
-
-    return RowParallelMatmul()
-
-
 def cpu_pipeline(target: tvm.target.Target, *, gemv: str | None = "rows"
                  ) -> tvm.transform.Pass:
-    """TVM's CPU default pipeline preceded by ``FuseTransposeMatmul``, with a dlight GEMV
-    schedule after fusion: ``gemv="rows"`` (this module's row-parallel rule), ``"dlight"``
-    (dlight's stock ``cpu.GEMV``, as MLC) or ``None``."""
-    from tvm.s_tir import dlight as dl
+    """numaplan's CPU pipeline without a plan (no passes of numaplan's own beyond the
+    collective lowering): ``gemv="rows"`` (the row-parallel rules of
+    :mod:`numaplan.passes.schedules`), ``"dlight"`` (dlight's stock ``cpu.GEMV``) or ``None``."""
+    from numaplan.passes.pipeline import numaplan_pipeline
 
-    rules = {"rows": lambda: [_row_gemv_rule(), _row_matmul_rule()],
-             "dlight": lambda: [dl.cpu.GEMV()], None: list}[gemv]
-
-    @tvm.transform.module_pass(opt_level=0, name="tiny_llama_cpu_pipeline")
-    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        # MLC phase 1: permute_dims(W) + matmul -> one NT_matmul kernel, so that no transposed
-        # copy of a weight is materialised and dlight sees a plain GEMV.
-        passes = [relax.transform.FuseTransposeMatmul()]
-        passes += (cpu_generic.library_dispatch_passes(target)
-                   + cpu_generic.legalize_passes(target))
-        schedules = rules()
-        if schedules:
-            passes.append(dl.ApplyDefaultSchedule(*schedules))
-        passes += (cpu_generic.dataflow_lower_passes(target)
-                   + cpu_generic.finalize_passes(target))
-        with target:
-            return tvm.transform.Sequential(passes)(mod)
-
-    return _pipeline
+    return numaplan_pipeline(target, None, schedule=gemv, lower_collectives=False)
 
 
 def compile_model_timed(mod: tvm.IRModule, target: str | dict | tvm.target.Target = "llvm", *,

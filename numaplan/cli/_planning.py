@@ -7,7 +7,7 @@ from pathlib import Path
 
 from numaplan.cli.help import HELP
 from numaplan.cost import CostModel, cost_from_slit, read_cost_json, read_mlc_files
-from numaplan.errors import UsageError
+from numaplan.errors import ModelFormatError, UsageError
 from numaplan.model import Workload, load_workload, valid_tp_degrees
 from numaplan.topology import Topology, parse_cpulist
 
@@ -76,7 +76,7 @@ def parse_nodes(text: str | None) -> tuple[int, ...] | None:
 def load_model(path: str, quantization: str | None) -> Workload:
     """The workload of a model directory."""
     if not Path(path).exists():
-        raise UsageError(f"{path}: model directory not found")
+        raise ModelFormatError("model directory not found", path=path)
     return load_workload(path, quantization=quantization)
 
 

@@ -1,9 +1,11 @@
 """The ``numaplan`` compilation pipeline, and a wrapper for MLC's ``mlc_llm`` pipeline.
 
-``numaplan`` = AnnotateNumaPlan + LowerCollectivesToNuma + TVM's CPU pipeline
-(``relax.backend.cpu_generic``: library dispatch, LegalizeOps, fusion) with dlight CPU schedules
-(``GEMV``, ``Reduction``) applied after fusion, then the dataflow-lowering and finalize passes.
-``tvm.compile``'s default pipeline does neither fusion nor scheduling.
+``numaplan`` = AnnotateNumaPlan + LowerCollectivesToNuma, then the CPU-relevant subset of MLC's
+pipeline built from TVM's own passes: ``FuseTransposeMatmul`` (MLC's phase 1: no transposed
+weight copies), TVM's ``relax.backend.cpu_generic`` passes (dispatch, LegalizeOps, FuseOps,
+FuseTIR, i.e. ``relax.get_default_pipeline`` for llvm), dlight CPU schedules after fusion
+(:mod:`numaplan.passes.schedules`), then dataflow lowering and finalisation. ``tvm.compile``'s
+default pipeline does neither fusion nor scheduling.
 """
 
 from __future__ import annotations
@@ -32,28 +34,45 @@ def numa_passes(plan: Plan | None) -> list[tvm.transform.Pass]:
     return passes
 
 
-def _cpu_schedules() -> list[tvm.transform.Pass]:
+def numaplan_pipeline(target: tvm.target.Target | str | dict = "llvm", plan: Plan | None = None,
+                      *, schedule: str | None = "rows", lower_collectives: bool = True
+                      ) -> tvm.transform.Pass:
+    """The full pipeline for ``target`` with ``plan`` embedded and collectives lowered.
+
+    Parameters
+    ----------
+    target
+        ``"llvm"`` / ``"host"`` means llvm for this machine's CPU (plain ``llvm`` would compile
+        for a generic x86-64 without F16C/AVX2); a dict or Target is used as given.
+    plan
+        The placement plan to embed (``None``: nothing embedded).
+    schedule
+        dlight rules after fusion: ``"rows"``, ``"dlight"`` or ``None``.
+    lower_collectives
+        Rewrite ``relax.ccl.*`` into numaplan's CPU collective (off only for single-worker
+        builds that should keep TVM's own lowering).
+    """
     from tvm.s_tir import dlight as dl
 
-    return [dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())]
+    from numaplan.passes.schedules import cpu_schedule_rules, resolve_target
 
-
-def numaplan_pipeline(target: tvm.target.Target | str = "llvm", plan: Plan | None = None,
-                      *, schedule: bool = True) -> tvm.transform.Pass:
-    """The full pipeline for ``target`` with ``plan`` embedded and collectives lowered."""
-    target = tvm.target.Target(target) if isinstance(target, str) else target
+    target = resolve_target(target)
 
     @tvm.transform.module_pass(opt_level=0, name="NumaplanPipeline")
     def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        rules = cpu_schedule_rules(schedule)
+        passes: list[tvm.transform.Pass] = []
+        if plan is not None:
+            passes.append(AnnotateNumaPlan(plan))
+        if lower_collectives:
+            passes.append(LowerCollectivesToNuma(plan))
+        passes.append(relax.transform.FuseTransposeMatmul())
+        passes += cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+        if rules:
+            passes.append(dl.ApplyDefaultSchedule(*rules))
+        passes += cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
         with target:
-            seq = tvm.transform.Sequential(
-                numa_passes(plan)
-                + cpu.library_dispatch_passes(target)
-                + cpu.legalize_passes(target)
-                + (_cpu_schedules() if schedule else [])
-                + cpu.dataflow_lower_passes(target)
-                + cpu.finalize_passes(target))
-            return seq(mod)
+            return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
 
