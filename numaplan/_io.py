@@ -11,6 +11,18 @@ from typing import Any
 from numaplan.errors import NumaplanError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: str | Path, path: str | Path, *, mode: int = 0o644) -> None:
+    """Give a finished temporary file its final mode (under the umask) and move it in place."""
+    os.chmod(tmp, mode & ~_umask())
+    os.replace(tmp, path)
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
 
@@ -29,7 +41,8 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # mkstemp creates 0600; a plan or cost file is meant to be read by others.
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

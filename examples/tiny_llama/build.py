@@ -156,7 +156,9 @@ def numaplan_model_doc(config: LlamaConfig, quantization: str, *, size: str, see
         "builder": BUILDER,
         "builder_signature": "build_ir_module(config: dict, tensor_parallel_shards: int) -> "
                              "(tvm.IRModule, [(name, per_shard_shape, dtype)])",
-        "import_root": "repository root (the directory holding examples/)",
+        # Where `examples` can be imported from (numaplan compile adds it to sys.path when
+        # the builder is not importable as is).
+        "import_root": str(Path(__file__).resolve().parents[2]),
         "config": "mlc-chat-config.json",
         "tensor_parallel_shards": config.valid_tp_degrees(),
         "functions": {

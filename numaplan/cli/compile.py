@@ -19,6 +19,8 @@ from numaplan.cli._planning import (
     parse_nodes,
 )
 from numaplan.cli.help import HELP
+from numaplan.errors import UsageError
+from numaplan.model.relax_source import SOURCE_FILE, read_relax_source
 from numaplan.plan import Plan, PlanOptions, make_plan, write_plan
 
 
@@ -29,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_topology_args(p)
     add_cost_args(p)
     add_plan_args(p)
+    g = p.add_argument_group("library")
+    g.add_argument("--target", default="llvm", help=HELP["target"])
+    g.add_argument("--no-build", action="store_true", help=HELP["no_build"])
     p.set_defaults(run=run)
 
 
@@ -52,11 +57,44 @@ def run(args: argparse.Namespace) -> int:
     name = Path(args.model_dir).resolve().name
     plan, report, _, _ = make_plan(workload, topo, cost, opts, model_name=name)
     out = Path(args.output or Path("out") / name)
+    src = read_relax_source(args.model_dir)
+    built = None
+    if src is not None and not args.no_build:
+        # Build before writing anything: a failed build leaves no half-made output.
+        from numaplan.passes.build import build_library, library_name
+
+        target = _parse_target(args.target)
+        kind = target["kind"] if isinstance(target, dict) else str(target).split()[0]
+        built = build_library(args.model_dir, src, plan, out / library_name(name, kind),
+                              target=target)
     path = write_plan(plan, out)
-    write_atomic(out / "numa-plan.report.json",
-                 json.dumps(report.model_dump(), indent=2, sort_keys=True) + "\n")
+    doc = report.model_dump()
+    if built is not None:
+        doc["library"] = built.model_dump()
+    write_atomic(out / "numa-plan.report.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
     print(render_summary(plan, str(path), report.total_s))
+    if built is not None:
+        print(f"library: {built.path} ({built.nbytes / 2**20:.2f} MiB, built in "
+              f"{built.compile_s:.1f} s for {built.target}, plan embedded, collectives -> "
+              f"numaplan.ccl)")
+    elif args.no_build:
+        print("library: not built (--no-build)")
+    else:
+        print(f"library: not built: {args.model_dir} has no Relax module "
+              f"({SOURCE_FILE}); to build an MLC model with the plan, run `mlc_llm compile` "
+              f"with numaplan's passes (numaplan.passes.wrap_mlc_pipeline, see README)")
     return 0
+
+
+def _parse_target(text: str) -> str | dict:
+    """``llvm`` / ``host``, or a JSON dict target (TVM 0.27 refuses CLI target strings)."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--target: invalid JSON: {exc.msg}") from None
+    return text
 
 
 def render_summary(plan: Plan, path: str, seconds: float | None = None) -> str:

@@ -65,3 +65,9 @@ HELP.update({
            "pip install 'numaplan[plot]')",
     "show_json": "print the plan's canonical JSON (validated, current schema) instead of tables",
 })
+
+HELP.update({
+    "target": "TVM target of the library: llvm (this machine's CPU) or a JSON dict such as "
+              "'{\"kind\": \"llvm\", \"mcpu\": \"skylake-avx512\"}'",
+    "no_build": "write the plan only, do not build the library",
+})
