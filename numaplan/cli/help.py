@@ -71,3 +71,17 @@ HELP.update({
               "'{\"kind\": \"llvm\", \"mcpu\": \"skylake-avx512\"}'",
     "no_build": "write the plan only, do not build the library",
 })
+
+HELP.update({
+    "run": "generate tokens with pinned, NUMA-local tensor-parallel workers",
+    "run_model": "the MLC model directory (weights)",
+    "lib": "the library built by `numaplan compile` (the plan is read from it)",
+    "run_plan": "the plan file; refused if it differs from the plan inside the library",
+    "prompt_ids": "prompt token ids, comma-separated (e.g. 1,2,3)",
+    "max_new_tokens": "tokens to generate (greedy)",
+    "stats": "print measured placement, load and collective figures to stderr",
+    "force": "run a stale plan (model or machine fingerprints differ)",
+    "strict_placement": "refuse to run when any weight byte is off its planned node",
+    "allow_fallback": "continue when the kernel refuses a placement (records the degradation)",
+    "max_seq_len": "KV-cache rows (default: the model's context window)",
+})

@@ -27,6 +27,7 @@ COMMANDS = {
     "check": "numaplan.cli.check",
     "diff": "numaplan.cli.diff",
     "show": "numaplan.cli.show",
+    "run": "numaplan.cli.run",
 }
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -1,0 +1,208 @@
+"""Load one worker's weights where the plan says, the way only that worker can.
+
+First touch decides where a page lives, so each worker loads its own weights, after it is pinned,
+into memory whose ranges are bound (``mbind``) to the plan's homes *before* anything is written:
+
+1. :func:`plan_pieces` (pure): for every parameter, in the model's packed order, the worker's
+   piece: its shape, dtype, and the homes of its bytes (from the plan's ``tensors``);
+2. :func:`load_worker_params`: one page-aligned arena for all pieces, each piece's page range
+   bound to its home node(s); the shard files are memory-mapped and each piece is cut out with
+   MLC's shard rules (:func:`numaplan.model.slice_shard`), so only the pages of the worker's own
+   rows / columns are read; ``f32-to-bf16`` weights are widened on the way; then every page of
+   the arena is audited with ``move_pages`` against the plan.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from numaplan._base import Frozen
+from numaplan.errors import ModelFormatError, PlacementError
+from numaplan.model import Workload
+from numaplan.model.sharding import slice_shard
+from numaplan.osnuma import NodeBuffer, audit_range, bind_range
+from numaplan.plan.schema import Plan
+
+PAGE = 4096
+ALIGN = PAGE  # every piece starts on a page: its own mbind range, and >= DLPack's 64 B
+
+
+class Piece(Frozen):
+    """Where one parameter of one worker goes."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    mem_nbytes: int
+    offset: int
+    homes: tuple[tuple[int, int], ...]
+
+
+class LoadReport(Frozen):
+    """What loading did, measured."""
+
+    worker_id: int
+    pieces: int
+    bytes_loaded: int
+    bytes_read_from_files: int
+    load_s: float
+    bytes_on_planned_node: int
+    bytes_audited: int
+    pages_per_node: dict[int, int]
+    misplaced: tuple[str, ...]
+
+    @property
+    def on_planned_fraction(self) -> float:
+        """Share of the worker's weight bytes found on their planned node."""
+        return self.bytes_on_planned_node / self.bytes_audited if self.bytes_audited else 0.0
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def plan_pieces(workload: Workload, plan: Plan, worker_id: int, names: Sequence[str]
+                ) -> tuple[list[Piece], int]:
+    """Pieces of ``names`` (packed-params order) for ``worker_id`` and the arena size.
+
+    Raises
+    ------
+    ModelFormatError
+        When a name is neither in the model's index nor in the plan.
+    """
+    W = plan.request.tensor_parallel_shards
+    by_name = {t.name: t for t in workload.tensors}
+    planned = {t.name: t for t in plan.tensors}
+    pieces: list[Piece] = []
+    offset = 0
+    for name in names:
+        if name not in by_name or name not in planned:
+            raise ModelFormatError(f"the library's parameter {name!r} is not in the model's "
+                                   "tensor index or the plan")
+        t = by_name[name]
+        homes = tuple((h.node_id, h.nbytes) for h in plan.tensor_homes(planned[name], worker_id))
+        pieces.append(Piece(name=name, shape=t.shard_shape(W), dtype=t.dtype,
+                            mem_nbytes=t.shard_mem_nbytes(W), offset=offset, homes=homes))
+        offset += _align(max(t.shard_mem_nbytes(W), 1))
+    return pieces, max(offset, PAGE)
+
+
+def _bind_piece(arena: NodeBuffer, piece: Piece, *, allow_fallback: bool) -> None:
+    start = arena.address + piece.offset
+    pos = 0
+    for node, nbytes in piece.homes:
+        lo = (start + pos) // PAGE * PAGE
+        hi = -(-(start + pos + nbytes) // PAGE) * PAGE
+        if pos and lo < start + pos:
+            lo += PAGE  # the boundary page stays with the previous home
+        if hi > lo:
+            bind_range(lo, hi - lo, node, allow_fallback=allow_fallback, move=False)
+        pos += nbytes
+
+
+def _read_piece(dest: np.ndarray, t, W: int, worker_id: int, mm: np.memmap) -> int:
+    """Copy the worker's piece of tensor ``t`` out of the mapped shard file; bytes touched."""
+    # MLC labels every record "f32-to-bf16" but only float32 data is converted (stored as the
+    # upper 16 bits); other dtypes are raw. bfloat16 has no numpy dtype: move its bits as uint16.
+    widen = t.format == "f32-to-bf16" and t.dtype == "float32"
+    enc = np.uint16 if widen or t.dtype == "bfloat16" else np.dtype(t.dtype)
+    raw = mm[t.byte_offset:t.byte_offset + t.nbytes].view(enc).reshape(t.shape)
+    piece = slice_shard(raw, t.shard_rule, W, worker_id) if t.is_split else raw
+    if widen:
+        dest.view(np.uint32)[...] = piece.astype(np.uint32) << 16
+    elif t.dtype == "bfloat16":
+        dest.view(np.uint16)[...] = piece
+    else:
+        dest[...] = piece
+    return piece.nbytes
+
+
+def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, worker_id: int,
+                       names: Sequence[str], *, allow_fallback: bool = False,
+                       audit: bool = True) -> tuple[NodeBuffer, list[np.ndarray], LoadReport]:
+    """Load the worker's parameters into node-bound memory and audit them.
+
+    Parameters
+    ----------
+    model_dir
+        The MLC model directory (shard files).
+    workload
+        Its index (``load_workload``).
+    plan
+        The placement plan.
+    worker_id
+        This worker.
+    names
+        Parameter names in packed order (``_metadata.params``).
+    allow_fallback
+        Continue (and record it) when the kernel refuses a binding.
+    audit
+        Check every page with move_pages afterwards.
+
+    Returns
+    -------
+    (arena, arrays, report)
+        Keep ``arena`` alive as long as the arrays (they are views of it).
+    """
+    t0 = time.perf_counter()
+    W = plan.request.tensor_parallel_shards
+    pieces, size = plan_pieces(workload, plan, worker_id, names)
+    arena = NodeBuffer(size)
+    for p in pieces:
+        _bind_piece(arena, p, allow_fallback=allow_fallback)
+    raw = arena.array(np.uint8)
+    by_name = {t.name: t for t in workload.tensors}
+    maps: dict[str, np.memmap] = {}
+    arrays: list[np.ndarray] = []
+    read = 0
+    try:
+        for p in pieces:
+            t = by_name[p.name]
+            path = Path(model_dir) / t.data_path
+            if t.data_path not in maps:
+                try:
+                    maps[t.data_path] = np.memmap(path, dtype=np.uint8, mode="r")
+                except (OSError, ValueError) as exc:
+                    raise ModelFormatError(f"cannot map shard file: {exc}", path=path) from None
+            dt = np.dtype(p.dtype if p.dtype != "bfloat16" else "uint16")
+            dest = raw[p.offset:p.offset + p.mem_nbytes].view(dt).reshape(p.shape)
+            read += _read_piece(dest, t, W, worker_id, maps[t.data_path])
+            arrays.append(dest)
+    finally:
+        for m in maps.values():
+            m._mmap.close()  # unmap the shard files now, not when the GC gets to them
+    load_s = time.perf_counter() - t0
+    on, total, per_node, bad = 0, 0, {}, []
+    if audit:
+        for p in pieces:
+            pos = 0
+            for node, nbytes in p.homes:
+                if nbytes <= 0:
+                    continue
+                a = audit_range(arena.address + p.offset + pos, nbytes, node)
+                frac = a.on_target_fraction
+                on += round(nbytes * frac)
+                total += nbytes
+                for n, c in a.pages_per_node:
+                    per_node[n] = per_node.get(n, 0) + c
+                if frac < 1.0:
+                    bad.append(f"{p.name}: {100 * frac:.1f}% on node {node}")
+                pos += nbytes
+    report = LoadReport(worker_id=worker_id, pieces=len(pieces),
+                        bytes_loaded=sum(p.mem_nbytes for p in pieces),
+                        bytes_read_from_files=read, load_s=round(load_s, 4),
+                        bytes_on_planned_node=on, bytes_audited=total,
+                        pages_per_node=dict(sorted(per_node.items())), misplaced=tuple(bad[:20]))
+    return arena, arrays, report
+
+
+def check_placement(report: LoadReport, *, strict: bool) -> None:
+    """Raise in strict mode when any audited byte is off its planned node."""
+    if strict and report.bytes_audited and report.bytes_on_planned_node < report.bytes_audited:
+        raise PlacementError(
+            f"worker {report.worker_id}: {100 * report.on_planned_fraction:.2f}% of weight bytes "
+            f"on their planned node ({'; '.join(report.misplaced[:3])})")
