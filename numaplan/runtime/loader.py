@@ -123,7 +123,8 @@ def _read_piece(dest: np.ndarray, t, W: int, worker_id: int, mm: np.memmap) -> i
 
 def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, worker_id: int,
                        names: Sequence[str], *, allow_fallback: bool = False,
-                       audit: bool = True) -> tuple[NodeBuffer, list[np.ndarray], LoadReport]:
+                       audit: bool = True, bind_override: int | None = None
+                       ) -> tuple[NodeBuffer, list[np.ndarray], LoadReport]:
     """Load the worker's parameters into node-bound memory and audit them.
 
     Parameters
@@ -142,6 +143,9 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
         Continue (and record it) when the kernel refuses a binding.
     audit
         Check every page with move_pages afterwards.
+    bind_override
+        Fault injection for tests: bind every piece to this node instead of its planned home
+        (the audit still checks against the plan, so it must report the misplacement).
 
     Returns
     -------
@@ -153,6 +157,8 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
     pieces, size = plan_pieces(workload, plan, worker_id, names)
     arena = NodeBuffer(size)
     for p in pieces:
+        if bind_override is not None:
+            p = p.model_copy(update={"homes": ((bind_override, p.mem_nbytes),)})
         _bind_piece(arena, p, allow_fallback=allow_fallback)
     raw = arena.array(np.uint8)
     by_name = {t.name: t for t in workload.tensors}

@@ -69,6 +69,9 @@ class RunOptions(Frozen):
     collective_timeout_s: float = 30.0
     max_seq_len: int | None = None
     watchdog_interval_s: float = 0.1
+    #: Fault injection for tests of the audit: ``{worker_id: node_id}`` binds that worker's
+    #: weights to the wrong node while the audit still checks them against the plan.
+    inject_misplacement: dict[int, int] = Field(default_factory=dict)
 
 
 class WorkerStats(Frozen):
@@ -280,7 +283,9 @@ class NumaRuntime:
             spec = json.dumps({"plan": plan.to_json(), "namespace": self.namespace,
                                "strict_placement": self.options.strict_placement,
                                "allow_fallback": self.options.allow_fallback,
-                               "collective_timeout_s": self.options.collective_timeout_s})
+                               "collective_timeout_s": self.options.collective_timeout_s,
+                               "inject_misplacement": {str(k): v for k, v in
+                                                       self.options.inject_misplacement.items()}})
             self._infos = self._gather(self._call("numaplan.runtime.setup", spec))
             self._pids = {i: int(info["pid"]) for i, info in enumerate(self._infos)
                           if int(info["pid"]) != os.getpid()}

@@ -168,9 +168,11 @@ def load_params(model_dir: str, names_json: str) -> dict[str, Any]:
     assert st.plan is not None, "numaplan.runtime.setup must run first"
     names = json.loads(names_json)
     workload = load_workload(model_dir)
+    wrong = st.spec.get("inject_misplacement", {}).get(str(st.worker_id))
     arena, arrays, report = load_worker_params(
         model_dir, workload, st.plan, st.worker_id, names,
-        allow_fallback=bool(st.spec.get("allow_fallback")))
+        allow_fallback=bool(st.spec.get("allow_fallback")),
+        bind_override=None if wrong is None else int(wrong))
     check_placement(report, strict=bool(st.spec.get("strict_placement")))
     st.arena, st.load_report = arena, report
     # Zero-copy: the VM reads the arena the worker filled on its node.
