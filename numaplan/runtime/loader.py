@@ -123,8 +123,8 @@ def _read_piece(dest: np.ndarray, t, W: int, worker_id: int, mm: np.memmap) -> i
 
 def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, worker_id: int,
                        names: Sequence[str], *, allow_fallback: bool = False,
-                       audit: bool = True, bind_override: int | None = None
-                       ) -> tuple[NodeBuffer, list[np.ndarray], LoadReport]:
+                       audit: bool = True, bind_override: int | None = None,
+                       page_query=None) -> tuple[NodeBuffer, list[np.ndarray], LoadReport]:
     """Load the worker's parameters into node-bound memory and audit them.
 
     Parameters
@@ -146,6 +146,8 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
     bind_override
         Fault injection for tests: bind every piece to this node instead of its planned home
         (the audit still checks against the plan, so it must report the misplacement).
+    page_query
+        Replaces move_pages(2) in the audit (see :func:`numaplan.osnuma.audit_range`).
 
     Returns
     -------
@@ -189,7 +191,8 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
             for node, nbytes in p.homes:
                 if nbytes <= 0:
                     continue
-                a = audit_range(arena.address + p.offset + pos, nbytes, node)
+                a = audit_range(arena.address + p.offset + pos, nbytes, node,
+                                query=page_query)
                 frac = a.on_target_fraction
                 on += round(nbytes * frac)
                 total += nbytes

@@ -1,0 +1,96 @@
+"""The runtime with one worker, and the refusals that do not need a collective."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from numaplan.errors import PlacementError
+from numaplan.runtime.session import NumaRuntime, RunOptions, StalePlanError
+
+pytestmark = pytest.mark.tvm
+
+PROMPT = [5, 17, 99, 3]
+
+
+def test_tp1_matches_numpy_reference(model_dirs, libraries):
+    from examples.tiny_llama.reference import LlamaReference
+
+    d = model_dirs["float32"]
+    _, lib = libraries("float32", 1)
+    with NumaRuntime(d, lib) as rt:
+        res = rt.generate(PROMPT, 6, return_logits=True)
+        stats = rt.stats()
+    logits, tokens = LlamaReference.from_model_dir(d).generate(PROMPT, 5)
+    assert list(res.tokens) == tokens
+    # float32 weights (bf16-exact), float64 reference: summation order differs only.
+    np.testing.assert_allclose(np.array(res.logits), np.array(logits), rtol=1e-4, atol=1e-4)
+    w = stats.workers[0]
+    assert w.threads_on_planned_cpus and w.weight_bytes > 0
+    assert w.weight_bytes_on_planned_node == w.weight_bytes
+    assert stats.weight_local_percentage == 100.0
+
+
+def test_plan_file_must_match_library(model_dirs, libraries, tmp_path):
+    out, lib = libraries("float32", 1)
+    plan = json.loads((out / "numa-plan.json").read_text())
+    plan["prediction"]["token_s"] = 1.0
+    (tmp_path / "numa-plan.json").write_text(json.dumps(plan))
+    with pytest.raises(StalePlanError, match="differs from the plan compiled"):
+        NumaRuntime(model_dirs["float32"], lib, plan_path=tmp_path).start()
+
+
+def test_stale_model_refused_unless_forced(model_dirs, libraries):
+    # The q0f16 directory is another index: the f32 library's plan is stale for it.
+    _, lib = libraries("float32", 1)
+    with pytest.raises(StalePlanError, match="model directory's index differs"):
+        NumaRuntime(model_dirs["float16"], lib).start()
+
+
+def test_plan_for_missing_nodes_refused(model_dirs, tmp_path):
+    from numaplan.cli.main import main
+    from numaplan.topology import synthetic_topology
+
+    topo = tmp_path / "t.json"
+    topo.write_text(synthetic_topology(sockets=2, cores_per_node=1).to_json())
+    out = tmp_path / "o"
+    d = model_dirs["float32"]
+    assert main(["compile", str(d), "--topology", str(topo), "--tp", "2", "-o", str(out)]) == 0
+    with pytest.raises(PlacementError, match="node 1, which this machine does not have"):
+        NumaRuntime(d, out / f"{d.name}-numa-llvm.so", options=RunOptions(force=True)).start()
+
+
+def test_audit_reports_misplaced_pages(model_dirs, this_machine):
+    """A mocked move_pages answer (every page on node 1) must fail the audit."""
+    from numaplan.cost import cost_from_slit
+    from numaplan.model import load_workload
+    from numaplan.plan import PlanOptions, make_plan
+    from numaplan.runtime.loader import check_placement, load_worker_params
+
+    d = model_dirs["float32"]
+    wl = load_workload(d)
+    plan = make_plan(wl, this_machine, cost_from_slit(this_machine),
+                     PlanOptions(tensor_parallel_shards=2), model_name="m")[0]
+    names = [t.name for t in plan.tensors]
+    _, _, good = load_worker_params(d, wl, plan, 1, names)
+    assert good.on_planned_fraction == 1.0
+    _, _, bad = load_worker_params(d, wl, plan, 1, names,
+                                   page_query=lambda pages: np.ones(len(pages), dtype=np.int64))
+    assert bad.on_planned_fraction == 0.0 and bad.misplaced
+    assert bad.pages_per_node == {1: sum(bad.pages_per_node.values())}
+    check_placement(good, strict=True)
+    with pytest.raises(PlacementError, match=r"0\.00% of weight bytes on their planned node"):
+        check_placement(bad, strict=True)
+
+
+def test_bad_prompt(model_dirs, libraries):
+    from numaplan.errors import NumaplanError
+
+    _, lib = libraries("float32", 1)
+    with NumaRuntime(model_dirs["float32"], lib) as rt:
+        with pytest.raises(NumaplanError, match="prompt ids must be"):
+            rt.generate([10**6], 2)
+        with pytest.raises(NumaplanError, match="exceed the KV cache"):
+            rt.generate([1], 10**6)
