@@ -23,7 +23,6 @@ import numpy as np
 from numaplan._base import Frozen
 from numaplan.errors import ModelFormatError, PlacementError
 from numaplan.model import Workload
-from numaplan.model.sharding import slice_shard
 from numaplan.osnuma import NodeBuffer, audit_range, bind_range
 from numaplan.plan.schema import Plan
 
@@ -111,14 +110,41 @@ def _read_piece(dest: np.ndarray, t, W: int, worker_id: int, mm: np.memmap) -> i
     widen = t.format == "f32-to-bf16" and t.dtype == "float32"
     enc = np.uint16 if widen or t.dtype == "bfloat16" else np.dtype(t.dtype)
     raw = mm[t.byte_offset:t.byte_offset + t.nbytes].view(enc).reshape(t.shape)
-    piece = slice_shard(raw, t.shard_rule, W, worker_id) if t.is_split else raw
-    if widen:
-        dest.view(np.uint32)[...] = piece.astype(np.uint32) << 16
-    elif t.dtype == "bfloat16":
-        dest.view(np.uint16)[...] = piece
-    else:
-        dest[...] = piece
-    return piece.nbytes
+    touched = 0
+    for dst_sl, src_sl in _piece_slices(t.shape, t.shard_rule, W, worker_id) if t.is_split \
+            else [((), ())]:
+        src = raw[src_sl]
+        if widen:
+            # bf16 bits are the upper half of the float32: shift in uint32, no temporary.
+            np.left_shift(src, 16, out=dest.view(np.uint32)[dst_sl], dtype=np.uint32)
+        elif t.dtype == "bfloat16":
+            dest.view(np.uint16)[dst_sl] = src
+        else:
+            dest[dst_sl] = src
+        touched += src.nbytes
+    return touched
+
+
+def _piece_slices(shape: tuple[int, ...], rule, W: int, w: int):
+    """``(dest index, source index)`` pairs that assemble worker ``w``'s piece in place.
+
+    MLC's rule (``numaplan.model.slice_shard``, which the tests compare against): along the
+    split dim, worker w takes the w-th contiguous 1/W of every segment, the pieces concatenated
+    in segment order.
+    """
+    dim = rule.dim
+    out = []
+    start = dst = 0
+    for seg in rule.segments:
+        part = seg // W
+        src_idx = [slice(None)] * len(shape)
+        dst_idx = [slice(None)] * len(shape)
+        src_idx[dim] = slice(start + w * part, start + (w + 1) * part)
+        dst_idx[dim] = slice(dst, dst + part)
+        out.append((tuple(dst_idx), tuple(src_idx)))
+        start += seg
+        dst += part
+    return out
 
 
 def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, worker_id: int,
@@ -157,7 +183,9 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
     t0 = time.perf_counter()
     W = plan.request.tensor_parallel_shards
     pieces, size = plan_pieces(workload, plan, worker_id, names)
-    arena = NodeBuffer(size)
+    # Transparent huge pages: 512x fewer first-touch faults for the weights (the arena is
+    # bound before it is touched, so huge pages too land on the planned node).
+    arena = NodeBuffer(size, huge_pages=size >= (8 << 20))
     for p in pieces:
         if bind_override is not None:
             p = p.model_copy(update={"homes": ((bind_override, p.mem_nbytes),)})
