@@ -35,6 +35,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=1, metavar="B", help=HELP["batch_size"])
     g.add_argument("--context-tokens", type=int, metavar="N", help=HELP["context_tokens"])
     g.add_argument("--quantization", metavar="NAME", help=HELP["quantization"])
+    g.add_argument("--oversubscribe", action="store_true", help=HELP["oversubscribe"])
 
 
 def load_cost(args: argparse.Namespace, topo: Topology) -> CostModel:

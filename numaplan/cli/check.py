@@ -69,13 +69,13 @@ def check_plan(args: argparse.Namespace) -> list[str]:
         numa_prefer_local_memory=req.numa_prefer_local_memory,
         node_affinity=req.node_affinity, batch_size=req.batch_size,
         context_tokens=req.context_tokens, mem_headroom=req.mem_headroom,
-        solver=req.solver if req.solver != "auto" else "auto")
+        solver=req.solver, oversubscribe=req.oversubscribe)
     try:
         problem = build_problem(
             workload, used, cost, num_workers=req.tensor_parallel_shards,
             batch_size=req.batch_size, context_tokens=req.context_tokens,
             prefer_local_memory=req.numa_prefer_local_memory, node_affinity=req.node_affinity,
-            mem_headroom=req.mem_headroom)
+            mem_headroom=req.mem_headroom, oversubscribe=req.oversubscribe)
         mine = predict(problem, solution_from_plan(plan, problem))
     except InfeasiblePlanError as exc:
         return [*reasons, f"does not apply here: {exc}"]

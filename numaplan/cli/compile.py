@@ -46,7 +46,8 @@ def options_from_args(args: argparse.Namespace, workload, topo) -> PlanOptions:
         numa_prefer_local_memory=not args.no_prefer_local_memory,
         node_affinity=parse_affinity(args.node_affinity),
         batch_size=args.batch_size, context_tokens=args.context_tokens,
-        solver=args.solver, mip_backend=args.mip_backend, time_limit_s=args.time_limit)
+        solver=args.solver, mip_backend=args.mip_backend, time_limit_s=args.time_limit,
+        oversubscribe=args.oversubscribe)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -85,3 +85,8 @@ HELP.update({
     "allow_fallback": "continue when the kernel refuses a placement (records the degradation)",
     "max_seq_len": "KV-cache rows (default: the model's context window)",
 })
+
+HELP.update({
+    "oversubscribe": "allow more workers on a node than it has physical cores (they share "
+                     "cores): for correctness runs on small machines, never for speed",
+})

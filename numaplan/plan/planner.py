@@ -74,6 +74,7 @@ class PlanOptions(Frozen):
     mip_backend: str = "auto"
     time_limit_s: float = 30.0
     collective_alpha_s: float = DEFAULT_COLLECTIVE_ALPHA_S
+    oversubscribe: bool = False
 
     @field_validator("numa_inter_node_penalty")
     @classmethod
@@ -143,7 +144,7 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
         batch_size=options.batch_size, context_tokens=options.context_tokens,
         prefer_local_memory=options.numa_prefer_local_memory,
         node_affinity=options.node_affinity, mem_headroom=options.mem_headroom,
-        collective_alpha_s=options.collective_alpha_s)
+        collective_alpha_s=options.collective_alpha_s, oversubscribe=options.oversubscribe)
     times: dict[str, float] = {}
     answers: dict[str, Solution] = {}
     errors: dict[str, InfeasiblePlanError] = {}
@@ -241,7 +242,7 @@ def _monotone_in_penalty(workload: Workload, topo: Topology, cost: CostModel,
             batch_size=options.batch_size, context_tokens=options.context_tokens,
             prefer_local_memory=options.numa_prefer_local_memory,
             node_affinity=options.node_affinity, mem_headroom=options.mem_headroom,
-            collective_alpha_s=options.collective_alpha_s)
+            collective_alpha_s=options.collective_alpha_s, oversubscribe=options.oversubscribe)
         candidates: list[Solution] = []
         if prev is not None:
             candidates.append(prev)
@@ -344,7 +345,8 @@ def _spell_out(workload: Workload, topo: Topology, cost: CostModel, options: Pla
             numa_prefer_local_memory=options.numa_prefer_local_memory,
             node_affinity=dict(sorted(options.node_affinity.items())),
             batch_size=options.batch_size, context_tokens=p.context_tokens,
-            mem_headroom=options.mem_headroom, solver=options.solver),
+            mem_headroom=options.mem_headroom, solver=options.solver,
+            oversubscribe=options.oversubscribe),
         solver=PlanSolver(name=s.solver, status=s.status,
                           gap=None if s.gap is None else r6(s.gap),
                           objective_s=None if s.objective_s is None else r6(s.objective_s)),
@@ -366,6 +368,11 @@ def _assign(p: PlacementProblem, s: Solution, affinity: Mapping[int, int]
     out = []
     for n, ids in slots.items():
         cores = p.node(n).cores
+        if len(ids) > len(cores):
+            # Oversubscribed (explicitly allowed): workers share cores round-robin.
+            for x, w in enumerate(sorted(ids)):
+                out.append((w, n, (cores[x % len(cores)][0],)))
+            continue
         per, extra = divmod(len(cores), len(ids))
         start = 0
         for x, w in enumerate(sorted(ids)):

@@ -162,6 +162,7 @@ def build_problem(
     mem_headroom: float = DEFAULT_MEM_HEADROOM,
     collective_alpha_s: float = DEFAULT_COLLECTIVE_ALPHA_S,
     prefill_tokens: int | None = None,
+    oversubscribe: bool = False,
 ) -> PlacementProblem:
     """Aggregate a workload on a machine into a :class:`PlacementProblem`.
 
@@ -188,6 +189,9 @@ def build_problem(
     prefill_tokens
         Tokens per prefill chunk, for the prefill all-reduce size (default: 2048 or the context
         window if smaller).
+    oversubscribe
+        Allow more workers on a node than it has physical cores (they share cores): for
+        correctness runs on small machines, never for speed.
 
     Raises
     ------
@@ -266,7 +270,8 @@ def build_problem(
     reserve = batch_size * window * kv_tok + ACTIVATION_RESERVE_BYTES
     itemsize = _itemsize(workload.model_dtype)
     chunk = prefill_tokens or min(2048, window)
-    max_workers = {r: len(topology.physical_cores(r)) for r in cpu_nodes}
+    max_workers = {r: W if oversubscribe else len(topology.physical_cores(r))
+                   for r in cpu_nodes}
     min_workers: dict[int, int] = {}
     for w, nid in (node_affinity or {}).items():
         if not 0 <= w < W:
@@ -282,7 +287,8 @@ def build_problem(
                                       f"{max_workers[nid]} usable cores")
     if sum(max_workers.values()) < W:
         raise InfeasiblePlanError(f"{W} workers need {W} physical cores; the usable nodes have "
-                                  f"{sum(max_workers.values())}")
+                                  f"{sum(max_workers.values())} (--oversubscribe lets workers "
+                                  f"share cores, for correctness runs only)")
     return PlacementProblem(
         num_workers=W, nodes=tuple(nodes), cpu_node_ids=cpu_nodes, mem_node_ids=mem_nodes,
         bw_gbps=bw, lat_ns=lat, home_of=home_of, split_bytes_per_worker=split,

@@ -84,6 +84,7 @@ class PlanRequest(Frozen):
     context_tokens: int
     mem_headroom: float
     solver: str
+    oversubscribe: bool = False
 
 
 class PlanSolver(Frozen):

@@ -20,7 +20,7 @@ def test_every_worker_gets_mlc_shards(model_dirs, this_machine, dtype, W):
     d = model_dirs[dtype]
     wl = load_workload(d)
     plan = make_plan(wl, this_machine, cost_from_slit(this_machine),
-                     PlanOptions(tensor_parallel_shards=W), model_name="m")[0]
+                     PlanOptions(tensor_parallel_shards=W, oversubscribe=True), model_name="m")[0]
     full = load_full_weights(d)
     names = [t.name for t in plan.tensors]
     for w in range(W):
