@@ -4,6 +4,14 @@ Importing this package is cheap: it never imports tvm or pulp. Those are loaded 
 layers that need them (``numaplan.passes``, ``numaplan.plan.solver_ilp``, ``numaplan.runtime``).
 """
 
+__version__ = "0.1.0"
+
+from numaplan.engine import (
+    Engine,
+    EngineConfig,
+    NUMATensorParallelConfig,
+    get_numa_topology,
+)
 from numaplan.errors import (
     CostModelError,
     InfeasiblePlanError,
@@ -14,15 +22,17 @@ from numaplan.errors import (
     TopologyError,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "CostModelError",
+    "Engine",
+    "EngineConfig",
     "InfeasiblePlanError",
     "ModelFormatError",
+    "NUMATensorParallelConfig",
     "NumaplanError",
     "PlacementError",
     "SchemaVersionError",
     "TopologyError",
     "__version__",
+    "get_numa_topology",
 ]

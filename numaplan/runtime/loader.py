@@ -150,7 +150,8 @@ def _piece_slices(shape: tuple[int, ...], rule, W: int, w: int):
 def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, worker_id: int,
                        names: Sequence[str], *, allow_fallback: bool = False,
                        audit: bool = True, bind_override: int | None = None,
-                       page_query=None) -> tuple[NodeBuffer, list[np.ndarray], LoadReport]:
+                       page_query=None, bind: bool = True
+                       ) -> tuple[NodeBuffer, list[np.ndarray], LoadReport]:
     """Load the worker's parameters into node-bound memory and audit them.
 
     Parameters
@@ -174,6 +175,8 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
         (the audit still checks against the plan, so it must report the misplacement).
     page_query
         Replaces move_pages(2) in the audit (see :func:`numaplan.osnuma.audit_range`).
+    bind
+        Bind the pieces to their homes (off: first touch decides; the audit still reports).
 
     Returns
     -------
@@ -186,7 +189,7 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
     # Transparent huge pages: 512x fewer first-touch faults for the weights (the arena is
     # bound before it is touched, so huge pages too land on the planned node).
     arena = NodeBuffer(size, huge_pages=size >= (8 << 20))
-    for p in pieces:
+    for p in pieces if bind else ():
         if bind_override is not None:
             p = p.model_copy(update={"homes": ((bind_override, p.mem_nbytes),)})
         _bind_piece(arena, p, allow_fallback=allow_fallback)

@@ -50,6 +50,10 @@ class RunOptions(Frozen):
 
     Attributes
     ----------
+    enforce_placement
+        Pin workers, bind their memory and their weights as the plan says. Off is plain tensor
+        parallelism (``numa_tensor_parallel=False``): workers run where the OS puts them and
+        pages land where first touch puts them; the audit still reports where that was.
     strict_placement
         Refuse to run when any weight byte is found off its planned node (default: report it).
     allow_fallback
@@ -63,6 +67,7 @@ class RunOptions(Frozen):
         KV-cache rows (default: the model's context window).
     """
 
+    enforce_placement: bool = True
     strict_placement: bool = False
     allow_fallback: bool = False
     force: bool = False
@@ -281,6 +286,7 @@ class NumaRuntime:
         try:
             self._phase = "setup"
             spec = json.dumps({"plan": plan.to_json(), "namespace": self.namespace,
+                               "enforce_placement": self.options.enforce_placement,
                                "strict_placement": self.options.strict_placement,
                                "allow_fallback": self.options.allow_fallback,
                                "collective_timeout_s": self.options.collective_timeout_s,

@@ -109,7 +109,10 @@ def setup(spec_json: str) -> dict[str, Any]:
         cpus = parse_cpulist(w.cpus)
         st = _State(plan=plan, worker_id=wid, spec=spec)
         notes: list[str] = []
-        if wid == 0:
+        enforce = bool(spec.get("enforce_placement", True))
+        if not enforce:
+            notes.append("placement not enforced (plain tensor parallelism)")
+        elif wid == 0:
             # A thread of the controller: pin this thread only.
             set_affinity(cpus)
         else:
@@ -120,13 +123,19 @@ def setup(spec_json: str) -> dict[str, Any]:
                     os.sched_setaffinity(tid, cpus)
                 except OSError as exc:
                     notes.append(f"thread {tid}: {exc.strerror}")
-        outcome = apply_mempolicy("bind", [w.mem_node_id],
-                                  allow_fallback=bool(spec.get("allow_fallback")))
-        if outcome.degraded:
-            notes.append(f"memory policy degraded: {'; '.join(outcome.reasons)}")
+        if enforce:
+            outcome = apply_mempolicy("bind", [w.mem_node_id],
+                                      allow_fallback=bool(spec.get("allow_fallback")))
+            if outcome.degraded:
+                notes.append(f"memory policy degraded: {'; '.join(outcome.reasons)}")
         before = _task_ids()
-        tvm.get_global_func("runtime.config_threadpool")(
-            ONE_CORE_PER_THREAD, len(cpus), [str(c) for c in cpus])
+        if enforce:
+            tvm.get_global_func("runtime.config_threadpool")(
+                ONE_CORE_PER_THREAD, len(cpus), [str(c) for c in cpus])
+        else:
+            # Same thread count, no pinning (TVM would otherwise pin to CPUs 0..n-1).
+            tvm.get_global_func("runtime.config_threadpool")(
+                -3, len(cpus), [str(c) for c in sorted(os.sched_getaffinity(0))])
         st.pool_tids = sorted(_task_ids() - before)
         st.comm = _attach_collective(plan, spec, wid)
         st.placement = notes
@@ -172,7 +181,8 @@ def load_params(model_dir: str, names_json: str) -> dict[str, Any]:
     arena, arrays, report = load_worker_params(
         model_dir, workload, st.plan, st.worker_id, names,
         allow_fallback=bool(st.spec.get("allow_fallback")),
-        bind_override=None if wrong is None else int(wrong))
+        bind_override=None if wrong is None else int(wrong),
+        bind=bool(st.spec.get("enforce_placement", True)))
     check_placement(report, strict=bool(st.spec.get("strict_placement")))
     st.arena, st.load_report = arena, report
     # Zero-copy: the VM reads the arena the worker filled on its node.

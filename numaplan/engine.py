@@ -1,0 +1,390 @@
+"""The user-facing engine: the configuration surface of the MLC LLM NUMA proposal, on top of
+numaplan's real planner, compiler and runtime.
+
+Examples
+--------
+>>> from numaplan import Engine, EngineConfig            # doctest: +SKIP
+>>> cfg = EngineConfig(model="out/demo/model", tensor_parallel_shards=2,
+...                    numa_tensor_parallel=True, numa_inter_node_penalty=0.3)
+>>> with Engine(cfg) as engine:
+...     tokens = engine.generate([1, 2, 3], max_new_tokens=8)
+...     engine.communicator.get_communication_stats()["inter_node_percentage"]
+...     engine.allocator.get_allocation_stats()["local_percentage"]
+
+Nothing here is estimated: statistics come from the running workers (page audits, collective
+counters), placements from the plan the library carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from numaplan import __version__
+from numaplan.errors import NumaplanError, UsageError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "NUMAPLAN_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """Where compiled libraries are cached (``$NUMAPLAN_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/numaplan/libs``, else ``~/.cache/numaplan/libs``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "numaplan" / "libs"
+
+
+class NUMATensorParallelConfig(BaseModel):
+    """The proposal's NUMA block; accepted wherever settings are (``EngineConfig.numa_config``).
+
+    Attributes
+    ----------
+    enable_numa_tp
+        Same as ``numa_tensor_parallel``.
+    node_affinity
+        ``{worker_id: node_id}`` the plan must honour.
+    inter_node_bandwidth_penalty
+        Same as ``numa_inter_node_penalty``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enable_numa_tp: bool = True
+    node_affinity: dict[int, int] | None = None
+    inter_node_bandwidth_penalty: float = 0.3
+
+    @field_validator("inter_node_bandwidth_penalty")
+    @classmethod
+    def _penalty(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"inter_node_bandwidth_penalty must be in 0..1, got {v}")
+        return v
+
+
+class EngineConfig(BaseModel):
+    """Engine settings (names from the MLC LLM proposal).
+
+    Attributes
+    ----------
+    model
+        MLC model directory (weights and ``mlc-chat-config.json``).
+    model_lib
+        A library built by ``numaplan compile``; ``None`` compiles one (cached by fingerprint,
+        so a second start with the same inputs does not compile again).
+    mode
+        Kept for compatibility with MLC's engine modes; the runtime serves one sequence.
+    tensor_parallel_shards
+        Workers W; default: the config's value, else the largest valid W not above the number
+        of usable CPU nodes.
+    numa_tensor_parallel
+        Plan and enforce placement (pinned workers, node-bound memory); off is plain tensor
+        parallelism with the OS deciding (the audit still reports where pages went).
+    numa_nodes
+        Nodes the plan may use.
+    numa_inter_node_penalty
+        Cost of crossing nodes when no measured matrix is given (see README).
+    numa_prefer_local_memory
+        Bind every worker's memory to its own node.
+    numa_config
+        A :class:`NUMATensorParallelConfig`; its fields override the flat ones.
+    cost_model
+        A cost model JSON from ``numaplan probe -o`` (default: SLIT + penalty).
+    cache_dir
+        Library cache (default :func:`default_cache_dir`).
+    oversubscribe
+        Let workers share cores (correctness runs on small machines).
+    max_seq_len
+        KV-cache rows.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    model_lib: str | None = None
+    mode: Literal["local", "interactive", "server"] = "server"
+    tensor_parallel_shards: int | None = None
+    numa_tensor_parallel: bool = False
+    numa_nodes: list[int] | None = None
+    numa_inter_node_penalty: float = 0.3
+    numa_prefer_local_memory: bool = True
+    numa_config: NUMATensorParallelConfig | None = None
+    node_affinity: dict[int, int] = Field(default_factory=dict)
+    cost_model: str | None = None
+    cache_dir: str | None = None
+    oversubscribe: bool = False
+    max_seq_len: int | None = None
+
+    @field_validator("numa_inter_node_penalty")
+    @classmethod
+    def _penalty(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"numa_inter_node_penalty must be in 0..1, got {v}")
+        return v
+
+    @field_validator("tensor_parallel_shards")
+    @classmethod
+    def _w(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"tensor_parallel_shards must be >= 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _merge_numa_config(self) -> EngineConfig:
+        c = self.numa_config
+        if c is not None:
+            self.numa_tensor_parallel = c.enable_numa_tp
+            self.numa_inter_node_penalty = c.inter_node_bandwidth_penalty
+            if c.node_affinity:
+                self.node_affinity = dict(c.node_affinity)
+        return self
+
+
+class NodeView:
+    """One node as the proposal's topology calls show it."""
+
+    def __init__(self, node: Any, usable: tuple[int, ...]) -> None:
+        self.node_id = node.node_id
+        self.cpus = list(node.cpus)
+        self.usable_cpus = list(usable)
+        self.memory_mb = None if node.mem_total_bytes is None else node.mem_total_bytes >> 20
+        self.free_memory_mb = None if node.mem_free_bytes is None else node.mem_free_bytes >> 20
+
+    def __repr__(self) -> str:
+        return f"NodeView(node_id={self.node_id}, cpus={len(self.cpus)}, " \
+               f"memory_mb={self.memory_mb})"
+
+
+class NumaTopologyView:
+    """What :func:`get_numa_topology` returns: ``get_node_count()``, ``nodes[id].cpus``,
+    ``nodes[id].memory_mb``; ``topology`` is the full :class:`numaplan.topology.Topology`."""
+
+    def __init__(self, topology: Any) -> None:
+        self.topology = topology
+        self.nodes = {n.node_id: NodeView(n, topology.usable_cpus(n.node_id))
+                      for n in topology.nodes}
+        self.distances = {a: {b: topology.distance(a, b) for b in topology.node_ids}
+                          for a in topology.node_ids}
+
+    def get_node_count(self) -> int:
+        """Number of NUMA nodes."""
+        return len(self.nodes)
+
+
+def get_numa_topology(*, sysfs_root: str | None = None) -> NumaTopologyView:
+    """This machine's NUMA topology (read from sysfs)."""
+    from numaplan.topology import read_sysfs
+
+    return NumaTopologyView(read_sysfs(sysfs_root or "/"))
+
+
+class Communicator:
+    """Collective statistics of the running engine (measured by every worker)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def get_communication_stats(self) -> dict[str, Any]:
+        """``inter_node_percentage`` (share of collective bytes read from another node's
+        segment), calls, bytes, per-step collective time, algorithm per message size."""
+        s = self._engine.runtime_stats()
+        plan = self._engine.plan
+        return {
+            "inter_node_percentage": s.inter_node_percentage,
+            "calls": s.collective_calls,
+            "bytes": s.collective_bytes,
+            "cross_node_bytes": s.collective_cross_node_bytes,
+            "collective_s_per_step": s.collective_s_per_step,
+            "algorithms": {c.phase: c.algorithm for c in plan.collectives.choices},
+            "groups": [list(g) for g in plan.collectives.intra_node_groups],
+        }
+
+
+class Allocator:
+    """Weight placement statistics of the running engine (from every worker's page audit)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def get_allocation_stats(self) -> dict[str, Any]:
+        """``local_percentage`` (weight bytes found on their planned node), per worker."""
+        s = self._engine.runtime_stats()
+        return {
+            "local_percentage": s.weight_local_percentage,
+            "bytes_total": sum(w.weight_bytes for w in s.workers),
+            "bytes_on_planned_node": sum(w.weight_bytes_on_planned_node for w in s.workers),
+            "workers": [{"worker_id": w.worker_id, "node_id": w.node_id,
+                         "mem_node_id": w.mem_node_id, "bytes": w.weight_bytes,
+                         "bytes_on_planned_node": w.weight_bytes_on_planned_node,
+                         "load_s": w.load_s} for w in s.workers],
+        }
+
+
+class Engine:
+    """Plan, compile (cached), start the workers, generate.
+
+    Raises
+    ------
+    NumaplanError
+        For an invalid configuration (nodes that do not exist, W invalid for the model), an
+        infeasible plan, or a runtime failure.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        from numaplan.model import load_workload
+        from numaplan.topology import read_sysfs
+
+        t0 = time.perf_counter()
+        self.config = config
+        self.workload = load_workload(config.model)
+        self.topology = read_sysfs("/")
+        missing = set(config.numa_nodes or ()) - set(self.topology.node_ids)
+        if missing:
+            raise UsageError(f"numa_nodes {sorted(missing)} do not exist on this machine "
+                             f"(nodes {list(self.topology.node_ids)})")
+        self.compiled = False
+        self.lib_path, self.plan_dir = self._library()
+        from numaplan.plan import read_plan
+        from numaplan.runtime.session import NumaRuntime, RunOptions
+
+        self.plan = read_plan(self.plan_dir)
+        self.runtime = NumaRuntime(
+            config.model, self.lib_path, plan_path=self.plan_dir,
+            options=RunOptions(enforce_placement=config.numa_tensor_parallel,
+                               max_seq_len=config.max_seq_len))
+        self.runtime.start()
+        self.start_s = time.perf_counter() - t0
+        self.communicator = Communicator(self)
+        self.allocator = Allocator(self)
+        log.info("engine started in %.2f s (%s)", self.start_s,
+                 "compiled" if self.compiled else "library from cache/given")
+
+    # -- library ----------------------------------------------------------------------------
+    def _plan_options(self) -> Any:
+        from numaplan.cli._planning import default_tp
+        from numaplan.plan import PlanOptions
+
+        c = self.config
+        return PlanOptions(
+            tensor_parallel_shards=c.tensor_parallel_shards or
+            default_tp(self.workload, self.topology),
+            numa_nodes=tuple(c.numa_nodes) if c.numa_nodes else None,
+            numa_inter_node_penalty=c.numa_inter_node_penalty,
+            numa_prefer_local_memory=c.numa_prefer_local_memory,
+            node_affinity=dict(c.node_affinity), oversubscribe=c.oversubscribe)
+
+    def _cost(self) -> Any:
+        from numaplan.cost import cost_from_slit, read_cost_json
+
+        if self.config.cost_model:
+            return read_cost_json(self.config.cost_model)
+        return cost_from_slit(self.topology, penalty=self.config.numa_inter_node_penalty)
+
+    def _library(self) -> tuple[Path, Path]:
+        from numaplan.plan import make_plan, write_plan
+
+        if self.config.model_lib:
+            lib = Path(self.config.model_lib)
+            return lib, lib.parent
+        from numaplan.model.relax_source import read_relax_source
+
+        src = read_relax_source(self.config.model)
+        if src is None:
+            raise NumaplanError("no model_lib given and the model directory has no Relax "
+                                "module to build (numaplan-model.json)", path=self.config.model)
+        opts = self._plan_options()
+        cost = self._cost()
+        # Keyed on stable inputs (not on the plan file: it records free memory, which moves).
+        key = hashlib.sha256(json.dumps({
+            "numaplan": __version__, "model": self.workload.fingerprint,
+            "topology": self.topology.fingerprint(), "cost": cost.fingerprint(),
+            "options": opts.model_dump(mode="json"), "builder": src.builder,
+            "builder_source": _source_digest(src),
+        }, sort_keys=True).encode()).hexdigest()[:24]
+        out = Path(self.config.cache_dir or default_cache_dir()) / key
+        from numaplan.passes.build import library_name
+
+        name = Path(self.config.model).resolve().name
+        lib = out / library_name(name)
+        if lib.exists() and (out / "numa-plan.json").exists():
+            log.info("library cache hit: %s", lib)
+            return lib, out
+        plan, _, _, _ = make_plan(self.workload, self.topology, cost, opts, model_name=name)
+        from numaplan.passes.build import build_library
+
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build_library(self.config.model, src, plan, tmp / lib.name)
+        write_plan(plan, tmp)
+        if out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)  # the cache entry appears complete or not at all
+        self.compiled = True
+        return lib, out
+
+    # -- use --------------------------------------------------------------------------------
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy generation; the new token ids."""
+        return list(self.runtime.generate(prompt_ids, max_new_tokens).tokens)
+
+    def runtime_stats(self) -> Any:
+        """The runtime's measured statistics (:class:`numaplan.runtime.session.RuntimeStats`)."""
+        return self.runtime.stats()
+
+    def optimize_tensor_placement(self, name: str, shape: tuple[int, ...] | list[int],
+                                  worker_id: int) -> dict[str, Any]:
+        """Where the plan puts worker ``worker_id``'s piece of tensor ``name``.
+
+        ``shape`` is the tensor's full shape; it must match the model (a guard against asking
+        about another model's tensor).
+        """
+        plan = self.plan
+        t = next((t for t in plan.tensors if t.name == name), None)
+        if t is None:
+            raise UsageError(f"no tensor {name!r} in the plan")
+        info = self.workload.tensor(name)
+        if tuple(shape) != tuple(info.shape):
+            raise UsageError(f"{name} has shape {list(info.shape)}, not {list(shape)}")
+        if not 0 <= worker_id < len(plan.workers):
+            raise UsageError(f"worker_id must be in 0..{len(plan.workers) - 1}")
+        w = plan.workers[worker_id]
+        homes = plan.tensor_homes(t, worker_id)
+        return {"tensor": name, "role": t.role, "worker_id": worker_id, "node_id": w.node_id,
+                "cpus": w.cpus, "split_dim": t.split_dim, "replicated": t.replicated,
+                "piece_shape": list(info.shard_shape(len(plan.workers))),
+                "piece_nbytes": t.piece_nbytes,
+                "homes": [{"node_id": h.node_id, "nbytes": h.nbytes} for h in homes],
+                "local": all(h.node_id == w.mem_node_id for h in homes)}
+
+    def close(self) -> None:
+        """Stop the workers."""
+        self.runtime.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _source_digest(src: Any) -> str:
+    """Hash of the builder's module file, so an edited model recompiles."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(src.module_name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin or not Path(spec.origin).exists():
+        return "unknown"
+    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()
