@@ -90,3 +90,8 @@ HELP.update({
     "oversubscribe": "allow more workers on a node than it has physical cores (they share "
                      "cores): for correctness runs on small machines, never for speed",
 })
+
+HELP.update({
+    "bench": "run the benchmark suite (all-reduce, planner, load, decode); "
+             "`numaplan bench --help` for its options",
+})

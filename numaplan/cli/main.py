@@ -28,6 +28,7 @@ COMMANDS = {
     "diff": "numaplan.cli.diff",
     "show": "numaplan.cli.show",
     "run": "numaplan.cli.run",
+    "bench": "numaplan.cli.bench",
 }
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

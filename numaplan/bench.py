@@ -1,0 +1,352 @@
+"""numaplan's benchmark suite: ``python -m numaplan.bench`` (or ``numaplan bench``).
+
+Sub-benchmarks, every figure measured in this run:
+
+- ``allreduce``: latency of numaplan's shared-memory all-reduce for W ranks (processes pinned
+  to this machine's CPUs), per message size and algorithm;
+- ``planner``: end-to-end planning of a Llama-3-70B-shaped workload (q4f16_1, W=8) on the
+  8-node EPYC fixture;
+- ``load``: the loader's throughput on the example model against a plain read of its files;
+- ``decode``: tokens/s of the example model under numaplan with W workers (and with
+  ``--enable-numa-tp`` off, the same workers without placement).
+
+Results (``--output-file``) carry the machine (topology summary, CPU model), the model, the
+method and the git commit, so numbers can be compared honestly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from numaplan import __version__
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SIZES = (1024, 8192, 65536)  # elements (float16: 2 KiB, 16 KiB, 128 KiB)
+
+
+def _progress(msg: str) -> None:
+    print(f"[numaplan bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """What ran the benchmark."""
+    from numaplan.topology import read_sysfs
+
+    t = read_sysfs("/")
+    return {"cpu_model": t.cpu_model, "machine": platform.machine(),
+            "nodes": [{"node_id": n.node_id, "cpus": len(n.cpus),
+                       "mem_total_bytes": n.mem_total_bytes} for n in t.nodes],
+            "distances": [list(r) for r in t.distances], "allowed_cpus": len(t.allowed_cpus),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def _rank_main(rank: int, cpu: int, namespace: str, world: int, sizes: Sequence[int],
+               dtype: str, algorithms: Sequence[str], iters: int, conn: Any) -> None:
+    try:
+        from numaplan.osnuma import set_affinity
+        from numaplan.runtime.ccl import CommSpec, Communicator
+
+        set_affinity([cpu])
+        itemsize = np.dtype(dtype).itemsize
+        spec = CommSpec(namespace=namespace, node_of_rank=(0,) * world,
+                        slot_bytes=max(sizes) * itemsize, timeout_s=60)
+        out: dict[str, list[float]] = {}
+        with Communicator.create(spec, rank) as comm:
+            comm.barrier()
+            for n in sizes:
+                x = np.random.default_rng(rank).standard_normal(n).astype(dtype)
+                y = np.empty_like(x)
+                for algo in algorithms:
+                    for _ in range(max(20, iters // 10)):
+                        comm.allreduce(x, 0, 0, "tp", algo, y)
+                    samples = []
+                    for _ in range(iters):
+                        t0 = time.perf_counter_ns()
+                        comm.allreduce(x, 0, 0, "tp", algo, y)
+                        samples.append((time.perf_counter_ns() - t0) / 1e3)
+                    out[f"{algo}|{n}"] = samples
+                    comm.barrier()
+        conn.send(("ok", out))
+    except BaseException as exc:  # report instead of hanging the parent
+        conn.send(("error", repr(exc)))
+
+
+class NUMATensorParallelBenchmark:
+    """The proposal's benchmark class, on numaplan's measured runtime.
+
+    Parameters
+    ----------
+    config
+        A dict or an :class:`numaplan.engine.EngineConfig`-like object with
+        ``tensor_parallel_shards`` and ``numa_tensor_parallel`` (or ``enable_numa_tp``).
+    """
+
+    def __init__(self, config: Any = None) -> None:
+        get = (config.get if isinstance(config, dict) else
+               (lambda k, d=None: getattr(config, k, d))) if config is not None else \
+            (lambda k, d=None: d)
+        self.tensor_parallel_shards = int(get("tensor_parallel_shards", 2) or 2)
+        self.enable_numa_tp = bool(get("numa_tensor_parallel", get("enable_numa_tp", True)))
+        self.dtype = str(get("dtype", "float16"))
+        self.iters = int(get("iters", 2000))
+
+    def run_allreduce_benchmark(self, sizes: Sequence[int] = DEFAULT_SIZES,
+                                algorithms: Sequence[str] = ("one_shot", "two_shot")
+                                ) -> dict[str, Any]:
+        """All-reduce latency (us) of W pinned ranks for each size (elements) and algorithm."""
+        from numaplan.runtime.ccl import cleanup, new_namespace
+
+        W = self.tensor_parallel_shards
+        cpus = sorted(os.sched_getaffinity(0))
+        ns = new_namespace("bench")
+        ctx = mp.get_context("spawn")
+        pipes = [ctx.Pipe(duplex=False) for _ in range(W)]
+        procs = [ctx.Process(target=_rank_main, args=(r, cpus[r % len(cpus)], ns, W,
+                                                      list(sizes), self.dtype, list(algorithms),
+                                                      self.iters, pipes[r][1]))
+                 for r in range(W)]
+        try:
+            for p in procs:
+                p.start()
+            got = [pipes[r][0].recv() for r in range(W)]
+        finally:
+            for p in procs:
+                p.join(30)
+                if p.is_alive():
+                    p.kill()
+            cleanup(ns)
+        for status, payload in got:
+            if status != "ok":
+                raise RuntimeError(f"all-reduce rank failed: {payload}")
+        rows = []
+        for key, samples in got[0][1].items():
+            algo, n = key.split("|")
+            rows.append({"algorithm": algo, "elements": int(n),
+                         "bytes": int(n) * np.dtype(self.dtype).itemsize,
+                         "median_us": statistics.median(samples),
+                         "p90_us": float(np.percentile(samples, 90)), "iters": len(samples)})
+        return {"benchmark": "allreduce", "world_size": W, "dtype": self.dtype,
+                "oversubscribed": W > len(cpus), "rows": rows}
+
+    @staticmethod
+    def print_results(results: dict[str, Any]) -> None:
+        """Print results (one sub-benchmark's dict, or the whole suite's) as tables."""
+        subs = results.get("results", {results.get("benchmark", "?"): results})
+        for name, r in subs.items():
+            print(f"\n== {name}")
+            if name == "allreduce":
+                print(f"{r['world_size']} ranks, {r['dtype']}"
+                      + (" (more ranks than CPUs: oversubscribed)" if r["oversubscribed"]
+                         else ""))
+                print(f"{'algorithm':<10} {'elements':>9} {'bytes':>9} {'median us':>10} "
+                      f"{'p90 us':>9}")
+                for row in r["rows"]:
+                    print(f"{row['algorithm']:<10} {row['elements']:>9} {row['bytes']:>9} "
+                          f"{row['median_us']:>10.2f} {row['p90_us']:>9.2f}")
+            else:
+                for k, v in r.items():
+                    if k != "benchmark":
+                        print(f"  {k}: {v}")
+
+
+def bench_planner() -> dict[str, Any]:
+    from numaplan.cost import cost_from_slit
+    from numaplan.model import load_workload
+    from numaplan.model.presets import write_hf_config
+    from numaplan.plan import PlanOptions, make_plan
+    from numaplan.topology import read_numactl_file
+
+    d = Path(tempfile.mkdtemp()) / "llama3-70b"
+    write_hf_config(d, "llama3-70b")
+    t0 = time.perf_counter()
+    wl = load_workload(d, quantization="q4f16_1")
+    topo = read_numactl_file(ROOT / "tests/data/topologies/epyc7742_2s_nps4_archer2.txt")
+    plan, report, _, _ = make_plan(wl, topo, cost_from_slit(topo),
+                                   PlanOptions(tensor_parallel_shards=8), model_name="70b")
+    return {"benchmark": "planner", "case": "Llama-3-70B-shaped q4f16_1, W=8, EPYC 8 nodes",
+            "wall_s": round(time.perf_counter() - t0, 3), "solver": plan.solver.name,
+            "status": plan.solver.status, "solve_s": report.solve_s,
+            "fraction_of_bound": plan.prediction.fraction_of_bound}
+
+
+def _example_model(tmp: Path, size: str = "default") -> Path:
+    sys.path.insert(0, str(ROOT))
+    from examples.tiny_llama.build import build_model_dir
+
+    return build_model_dir(tmp / f"tiny-llama-{size}", size=size, dtype="float32")
+
+
+def bench_load(model_dir: Path) -> dict[str, Any]:
+    from numaplan.cost import cost_from_slit
+    from numaplan.model import load_workload
+    from numaplan.plan import PlanOptions, make_plan
+    from numaplan.runtime.loader import load_worker_params
+    from numaplan.topology import read_sysfs
+
+    wl = load_workload(model_dir)
+    topo = read_sysfs("/")
+    plan = make_plan(wl, topo, cost_from_slit(topo), PlanOptions(tensor_parallel_shards=1),
+                     model_name=model_dir.name)[0]
+    names = [t.name for t in plan.tensors]
+    files = sorted(model_dir.glob("params_shard_*.bin"))
+    nbytes = sum(f.stat().st_size for f in files)
+
+    def plain() -> None:
+        buf = bytearray(nbytes)
+        pos = 0
+        for f in files:
+            with open(f, "rb", buffering=0) as fh:
+                pos += fh.readinto(memoryview(buf)[pos:])
+
+    def load() -> Any:
+        arena, arrays, rep = load_worker_params(model_dir, wl, plan, 0, names)
+        del arrays
+        arena.close()
+        return rep
+
+    plain()
+    load()
+    tp = min(_timed(plain) for _ in range(3))
+    tl, rep = min((_timed_with(load) for _ in range(3)), key=lambda t: t[0])
+    return {"benchmark": "load", "file_bytes": nbytes, "plain_read_gbps": nbytes / tp / 1e9,
+            "loader_gbps": rep.bytes_read_from_files / tl / 1e9, "ratio": tp / tl,
+            "audit_on_planned_node": rep.on_planned_fraction}
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _timed_with(fn: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def bench_decode(model_dir: Path, w: int, numa: bool, tokens: int) -> dict[str, Any]:
+    from numaplan.cli.main import main as cli
+    from numaplan.runtime.session import NumaRuntime, RunOptions
+
+    out = model_dir.parent / f"tp{w}"
+    extra = ["--oversubscribe"] if w > len(os.sched_getaffinity(0)) else []
+    if cli(["compile", str(model_dir), "--tp", str(w), "-o", str(out), *extra]) != 0:
+        raise RuntimeError("compile failed")
+    lib = out / f"{model_dir.name}-numa-llvm.so"
+    with NumaRuntime(model_dir, lib, options=RunOptions(enforce_placement=numa,
+                                                        max_seq_len=256)) as rt:
+        rt.generate([1, 2, 3, 4], 4)
+        res = rt.generate([1, 2, 3, 4], tokens + 1)
+        s = rt.stats()
+    med = statistics.median(res.step_s)
+    return {"benchmark": "decode", "tensor_parallel_shards": w, "numa_placement": numa,
+            "tokens": tokens, "median_ms_per_token": 1e3 * med, "tokens_per_s": 1 / med,
+            "weight_local_percentage": s.weight_local_percentage,
+            "inter_node_percentage": s.inter_node_percentage,
+            "collective_ms_per_token": None if s.collective_s_per_step is None
+            else 1e3 * s.collective_s_per_step}
+
+
+def plot(results: dict[str, Any], path: str) -> None:
+    """All-reduce latency vs message size, one line per algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = results["results"].get("allreduce")
+    if not r:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for algo in sorted({row["algorithm"] for row in r["rows"]}):
+        rows = sorted((x for x in r["rows"] if x["algorithm"] == algo), key=lambda x: x["bytes"])
+        ax.plot([x["bytes"] for x in rows], [x["median_us"] for x in rows], marker="o",
+                label=algo)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("message bytes")
+    ax.set_ylabel("median latency (us)")
+    ax.set_title(f"numaplan all-reduce, {r['world_size']} ranks ({r['dtype']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="numaplan bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--tensor-parallel-shards", type=int, default=2)
+    ap.add_argument("--enable-numa-tp", action="store_true")
+    ap.add_argument("--output-file", metavar="JSON")
+    ap.add_argument("--png", metavar="FILE")
+    ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
+                    help="all-reduce sizes in elements")
+    ap.add_argument("--only", default="allreduce,planner,load,decode")
+    ap.add_argument("--tokens", type=int, default=16)
+    args = ap.parse_args(argv)
+    want = set(args.only.split(","))
+    t_start = time.perf_counter()
+    results: dict[str, Any] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="numaplan-bench-"))
+    W = args.tensor_parallel_shards
+    if "allreduce" in want:
+        _progress(f"all-reduce, {W} ranks, sizes {args.sizes}")
+        b = NUMATensorParallelBenchmark({"tensor_parallel_shards": W,
+                                         "enable_numa_tp": args.enable_numa_tp})
+        results["allreduce"] = b.run_allreduce_benchmark([int(s) for s in args.sizes.split(",")])
+    if "planner" in want:
+        _progress("planner scale (70B-shaped, W=8, 8 nodes)")
+        results["planner"] = bench_planner()
+    model = None
+    if "decode" in want:
+        _progress("building the example model")
+        model = _example_model(tmp)
+    if "load" in want:
+        # Loading is measured on the bandwidth-bound size: on a few MB fixed costs dominate.
+        _progress("shard loading throughput (example model, bench size, ~210 MB of files)")
+        results["load"] = bench_load(_example_model(tmp, "bench"))
+    if "decode" in want and model is not None:
+        _progress(f"decode, W={W}, placement {'on' if args.enable_numa_tp else 'off'}")
+        results["decode"] = bench_decode(model, W, args.enable_numa_tp, args.tokens)
+    doc = {"numaplan_version": __version__, "commit": _commit(), "machine": machine_info(),
+           "model": "examples/tiny_llama default (q0f32)", "method": {
+               "tensor_parallel_shards": W, "enable_numa_tp": args.enable_numa_tp,
+               "statistic": "median over iterations after warm-up"},
+           "wall_s": round(time.perf_counter() - t_start, 1), "results": results}
+    NUMATensorParallelBenchmark.print_results(doc)
+    if args.output_file:
+        from numaplan._io import write_atomic
+
+        write_atomic(args.output_file, json.dumps(doc, indent=2) + "\n")
+        _progress(f"wrote {args.output_file}")
+    if args.png:
+        plot(doc, args.png)
+        _progress(f"wrote {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
