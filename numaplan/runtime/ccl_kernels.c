@@ -39,7 +39,6 @@
 
 #define CCL_MAX_RANKS 256
 #define CCL_MAX_NODES 64
-#define CCL_BLOCK 256
 
 enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2, DT_I32 = 3, DT_F64 = 4, DT_I64 = 5 };
 enum { OP_SUM = 0, OP_PROD = 1, OP_MIN = 2, OP_MAX = 3, OP_AVG = 4 };
@@ -67,7 +66,7 @@ typedef struct {
     uint64_t slot_bytes;
     uint64_t *in_line[CCL_MAX_RANKS];   /* [0] seq, [1] desc of parity 0, [2] desc parity 1 */
     uint64_t *red_line[CCL_MAX_RANKS];  /* [0] seq (two-shot: reduced slice published) */
-    uint64_t *done_line[CCL_MAX_RANKS]; /* [0] last completed seq, [1] pid */
+    uint64_t *done_line[CCL_MAX_RANKS]; /* [0] last completed seq, [1] pid, [2] pid namespace */
     char *in_slot[CCL_MAX_RANKS][2];
     uint64_t *part_line[CCL_MAX_NODES]; /* hierarchical: node partial published */
     uint64_t *fin_line[CCL_MAX_NODES];  /* hierarchical: node result published (in leader slot) */
@@ -78,6 +77,10 @@ typedef struct {
     int32_t err_code, err_rank;
     uint64_t err_seen, err_desc;
     uint64_t read_bytes, inter_bytes, remote_bytes, wait_ns;
+    /* per-call arguments of the ccl_*_a entry points (one ctypes argument instead of nine:
+     * Python packs them with struct.pack_into, ~5x cheaper than ctypes argument conversion) */
+    uint64_t args[10];
+    uint64_t pidns_self; /* inode of /proc/self/ns/pid: liveness checks only within it */
 } ccl_ctx;
 
 /* ---------------------------------------------------------------- atomics, time, waiting */
@@ -179,7 +182,9 @@ static int wait_lines(ccl_ctx *c, uint64_t *const *lines, const int32_t *who, in
             if (ab && (int64_t)ab != (int64_t)c->rank + 1)
                 return fail(c, CCL_ERR_ABORTED, (int32_t)(ab - 1), 0, 0);
             int32_t pid = (int32_t)load_relaxed(&c->done_line[who[i]][1]);
-            if (pid != c->pid_self && process_dead(pid))
+            uint64_t ns = load_relaxed(&c->done_line[who[i]][2]);
+            /* a pid means something only in the peer's pid namespace: check it only there */
+            if (pid != c->pid_self && ns == c->pidns_self && ns != 0 && process_dead(pid))
                 return fail(c, CCL_ERR_DEAD, who[i], (uint64_t)pid, 0);
         }
         if (waited < c->spin_ns)
@@ -307,71 +312,165 @@ static inline void bf16_store(uint16_t *p, float f)
 
 /* ---------------------------------------------------------------- reductions */
 /*
- * dst[i] = srcs[0][i] op srcs[1][i] op ... (left to right, accumulating in ACC); with `final`
- * and OP_AVG the result is divided by `world`.  Works block by block (all loads of a block
- * before its stores), so dst may alias any source.
+ * Reductions work on 8 elements at a time in GCC/Clang vector types: every source's 8 elements
+ * are loaded, converted to the accumulator type (float for float16/bfloat16/float32, double,
+ * int64 for the integers) and combined in registers, then converted back and stored once.
+ * float16 uses the F16C conversions when the CPU has them (GCC does not vectorise _Float16
+ * conversions by itself), a scalar conversion otherwise. The tail (count % 8) goes through a
+ * zero-padded copy. Each group of 8 is fully loaded before it is stored, so dst may alias any
+ * source.
  */
-#define DEFINE_REDUCE(NAME, T, ACC, LOAD, STORE, DIV)                                            \
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+#if defined(__F16C__) && defined(__AVX__)
+#define CCL_HAVE_F16C 1
+#endif
+#pragma GCC diagnostic ignored "-Wpsabi" /* vector arguments of static inline helpers only */
+#pragma GCC diagnostic ignored "-Wpragmas"
+
+#define LANES 8
+typedef float vf32 __attribute__((vector_size(32)));
+typedef int32_t vi32 __attribute__((vector_size(32)));
+typedef uint32_t vu32 __attribute__((vector_size(32)));
+typedef uint16_t vu16 __attribute__((vector_size(16)));
+typedef double vf64 __attribute__((vector_size(64)));
+typedef int64_t vi64 __attribute__((vector_size(64)));
+
+static inline vf32 ld_f32(const float *p) { vf32 v; memcpy(&v, p, sizeof v); return v; }
+static inline void st_f32(float *p, vf32 v) { memcpy(p, &v, sizeof v); }
+static inline vf64 ld_f64(const double *p) { vf64 v; memcpy(&v, p, sizeof v); return v; }
+static inline void st_f64(double *p, vf64 v) { memcpy(p, &v, sizeof v); }
+static inline vi64 ld_i64(const int64_t *p) { vi64 v; memcpy(&v, p, sizeof v); return v; }
+static inline void st_i64(int64_t *p, vi64 v) { memcpy(p, &v, sizeof v); }
+static inline vi64 ld_i32(const int32_t *p)
+{
+    vi32 v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, vi64);
+}
+static inline void st_i32(int32_t *p, vi64 v)
+{
+    vi32 r = __builtin_convertvector(v, vi32); /* keeps the low 32 bits: int32 wrap-around */
+    memcpy(p, &r, sizeof r);
+}
+static inline vf32 ld_f16(const uint16_t *p)
+{
+#ifdef CCL_HAVE_F16C
+    return (vf32)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    vf32 v;
+    for (int i = 0; i < LANES; i++)
+        v[i] = f16_load(p + i);
+    return v;
+#endif
+}
+static inline void st_f16(uint16_t *p, vf32 v)
+{
+#ifdef CCL_HAVE_F16C
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
+#else
+    for (int i = 0; i < LANES; i++)
+        f16_store(p + i, v[i]);
+#endif
+}
+static inline vf32 ld_bf16(const uint16_t *p)
+{
+#ifdef __AVX2__
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return (vf32)_mm256_slli_epi32(u, 16);
+#else
+    vu16 h;
+    memcpy(&h, p, sizeof h);
+    return (vf32)(__builtin_convertvector(h, vu32) << 16);
+#endif
+}
+static inline void st_bf16(uint16_t *p, vf32 v)
+{
+    vu32 u = (vu32)v;
+    vu32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16; /* round to nearest even */
+    vu32 quiet = (u >> 16) | 0x40u;                          /* NaN stays a (quiet) NaN */
+    vu32 isnan = (vu32)((vi32)(u & 0x7fffffffu) > 0x7f800000); /* signed compare: AVX2 has it */
+    vu32 r = (rounded & ~isnan) | (quiet & isnan);           /* every lane < 65536 */
+#ifdef __AVX2__
+    __m256i ri = (__m256i)r;
+    __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(ri), _mm256_extracti128_si256(ri, 1));
+    _mm_storeu_si128((__m128i *)p, h);
+#else
+    vu16 h = __builtin_convertvector(r, vu16);
+    memcpy(p, &h, sizeof h);
+#endif
+}
+
+/* Bitwise select for min/max: m is all-ones where `a` is chosen. */
+#define VSEL(m, a, b, VT, MT) ((VT)((((MT)(a)) & (m)) | (((MT)(b)) & ~(m))))
+
+#define REDUCE_LOOP(T, VACC, LD, ST, COMBINE, DIVIDE)                                            \
+    do {                                                                                       \
+        size_t nv = count / LANES * LANES;                                                     \
+        for (size_t j = 0; j < nv; j += LANES) {                                               \
+            VACC acc = LD((const T *)srcs[0] + j);                                             \
+            for (int k = 1; k < nsrc; k++) {                                                   \
+                VACC v = LD((const T *)srcs[k] + j);                                           \
+                COMBINE;                                                                       \
+            }                                                                                  \
+            DIVIDE;                                                                            \
+            ST(dst + j, acc);                                                                  \
+        }                                                                                      \
+        if (nv < count) {                                                                      \
+            size_t rem = count - nv;                                                           \
+            T pad[LANES];                                                                      \
+            memset(pad, 0, sizeof pad);                                                        \
+            memcpy(pad, (const T *)srcs[0] + nv, rem * sizeof(T));                             \
+            VACC acc = LD(pad);                                                                \
+            for (int k = 1; k < nsrc; k++) {                                                   \
+                memcpy(pad, (const T *)srcs[k] + nv, rem * sizeof(T));                         \
+                VACC v = LD(pad);                                                              \
+                COMBINE;                                                                       \
+            }                                                                                  \
+            DIVIDE;                                                                            \
+            ST(pad, acc);                                                                      \
+            memcpy(dst + nv, pad, rem * sizeof(T));                                            \
+        }                                                                                      \
+    } while (0)
+
+/*
+ * dst[i] = srcs[0][i] op srcs[1][i] op ... (left to right, in the accumulator type); with
+ * `final` and OP_AVG the result is divided by `world` (integers: truncated toward zero).
+ */
+#define DEFINE_REDUCE(NAME, T, VACC, MASK, SACC, LD, ST)                                         \
     static void NAME(void *dst_, const void *const *srcs, int nsrc, size_t count, int op,      \
                      int final, int world)                                                     \
     {                                                                                          \
-        ACC acc[CCL_BLOCK];                                                                    \
         T *dst = (T *)dst_;                                                                    \
-        for (size_t i0 = 0; i0 < count; i0 += CCL_BLOCK) {                                     \
-            size_t m = count - i0 < CCL_BLOCK ? count - i0 : CCL_BLOCK;                        \
-            const T *s0 = (const T *)srcs[0] + i0;                                             \
-            for (size_t j = 0; j < m; j++)                                                     \
-                acc[j] = LOAD(s0 + j);                                                         \
-            for (int k = 1; k < nsrc; k++) {                                                   \
-                const T *s = (const T *)srcs[k] + i0;                                          \
-                switch (op) {                                                                  \
-                case OP_PROD:                                                                  \
-                    for (size_t j = 0; j < m; j++)                                             \
-                        acc[j] *= LOAD(s + j);                                                 \
-                    break;                                                                     \
-                case OP_MIN:                                                                   \
-                    for (size_t j = 0; j < m; j++) {                                           \
-                        ACC v = LOAD(s + j);                                                   \
-                        acc[j] = v < acc[j] ? v : acc[j];                                      \
-                    }                                                                          \
-                    break;                                                                     \
-                case OP_MAX:                                                                   \
-                    for (size_t j = 0; j < m; j++) {                                           \
-                        ACC v = LOAD(s + j);                                                   \
-                        acc[j] = v > acc[j] ? v : acc[j];                                      \
-                    }                                                                          \
-                    break;                                                                     \
-                default:                                                                       \
-                    for (size_t j = 0; j < m; j++)                                             \
-                        acc[j] += LOAD(s + j);                                                 \
-                }                                                                              \
-            }                                                                                  \
-            if (final && op == OP_AVG)                                                         \
-                for (size_t j = 0; j < m; j++)                                                 \
-                    acc[j] = DIV(acc[j], world);                                               \
-            T *d = dst + i0;                                                                   \
-            for (size_t j = 0; j < m; j++)                                                     \
-                STORE(d + j, acc[j]);                                                          \
+        const SACC w = (SACC)world;                                                            \
+        const int avg = final && op == OP_AVG;                                                 \
+        switch (op) {                                                                          \
+        case OP_PROD:                                                                          \
+            REDUCE_LOOP(T, VACC, LD, ST, acc = acc * v, (void)0);                              \
+            break;                                                                             \
+        case OP_MIN:                                                                           \
+            REDUCE_LOOP(T, VACC, LD, ST, acc = VSEL((MASK)(v < acc), v, acc, VACC, MASK),      \
+                        (void)0);                                                              \
+            break;                                                                             \
+        case OP_MAX:                                                                           \
+            REDUCE_LOOP(T, VACC, LD, ST, acc = VSEL((MASK)(v > acc), v, acc, VACC, MASK),      \
+                        (void)0);                                                              \
+            break;                                                                             \
+        default:                                                                               \
+            if (avg)                                                                           \
+                REDUCE_LOOP(T, VACC, LD, ST, acc = acc + v, acc = acc / w);                    \
+            else                                                                               \
+                REDUCE_LOOP(T, VACC, LD, ST, acc = acc + v, (void)0);                          \
         }                                                                                      \
     }
 
-#define LOAD_PLAIN(p) (*(p))
-#define STORE_F32(p, v) (*(p) = (float)(v))
-#define STORE_F64(p, v) (*(p) = (double)(v))
-#define STORE_I32(p, v) (*(p) = (int32_t)(uint32_t)(uint64_t)(v))
-#define STORE_I64(p, v) (*(p) = (int64_t)(v))
-#define STORE_F16(p, v) f16_store((p), (v))
-#define STORE_BF16(p, v) bf16_store((p), (v))
-#define DIV_FLOAT(a, w) ((a) / (float)(w))
-#define DIV_DOUBLE(a, w) ((a) / (double)(w))
-#define DIV_INT(a, w) ((a) / (int64_t)(w))
-
-DEFINE_REDUCE(reduce_f32, float, float, LOAD_PLAIN, STORE_F32, DIV_FLOAT)
-DEFINE_REDUCE(reduce_f64, double, double, LOAD_PLAIN, STORE_F64, DIV_DOUBLE)
-DEFINE_REDUCE(reduce_f16, uint16_t, float, f16_load, STORE_F16, DIV_FLOAT)
-DEFINE_REDUCE(reduce_bf16, uint16_t, float, bf16_load, STORE_BF16, DIV_FLOAT)
-DEFINE_REDUCE(reduce_i32, int32_t, int64_t, LOAD_PLAIN, STORE_I32, DIV_INT)
-DEFINE_REDUCE(reduce_i64, int64_t, int64_t, LOAD_PLAIN, STORE_I64, DIV_INT)
+DEFINE_REDUCE(reduce_f32, float, vf32, vi32, float, ld_f32, st_f32)
+DEFINE_REDUCE(reduce_f64, double, vf64, vi64, double, ld_f64, st_f64)
+DEFINE_REDUCE(reduce_f16, uint16_t, vf32, vi32, float, ld_f16, st_f16)
+DEFINE_REDUCE(reduce_bf16, uint16_t, vf32, vi32, float, ld_bf16, st_bf16)
+DEFINE_REDUCE(reduce_i32, int32_t, vi64, vi64, int64_t, ld_i32, st_i32)
+DEFINE_REDUCE(reduce_i64, int64_t, vi64, vi64, int64_t, ld_i64, st_i64)
 
 static size_t dtype_size(int dtype)
 {
@@ -671,6 +770,28 @@ int ccl_allgather(ccl_ctx *c, const void *x, uint64_t nbytes, void *out, uint64_
     }
     mark_done(c, seq);
     return CCL_OK;
+}
+
+/* ---------------------------------------------------------------- packed-argument entry points */
+int ccl_allreduce_a(ccl_ctx *c)
+{
+    const uint64_t *a = c->args;
+    return ccl_allreduce(c, (const void *)(uintptr_t)a[0], (void *)(uintptr_t)a[1], a[2],
+                         (int)a[3], (int)a[4], (int)a[5], a[6], a[7]);
+}
+
+int ccl_bcast_a(ccl_ctx *c)
+{
+    const uint64_t *a = c->args;
+    return ccl_bcast(c, (const void *)(uintptr_t)a[0], a[1], (void *)(uintptr_t)a[2], a[3], a[4],
+                     a[5], a[6]);
+}
+
+int ccl_allgather_a(ccl_ctx *c)
+{
+    const uint64_t *a = c->args;
+    return ccl_allgather(c, (const void *)(uintptr_t)a[0], a[1], (void *)(uintptr_t)a[2], a[3],
+                         a[4], a[5]);
 }
 
 /* sizeof(ccl_ctx), so Python can check that its mirror matches. */

@@ -75,7 +75,17 @@ class Ctx(ctypes.Structure):
         ("err_code", _i32), ("err_rank", _i32),
         ("err_seen", _u64), ("err_desc", _u64),
         ("read_bytes", _u64), ("inter_bytes", _u64), ("remote_bytes", _u64), ("wait_ns", _u64),
+        ("args", _u64 * 10),
+        ("pidns_self", _u64),
     ]
+
+
+def pid_namespace() -> int:
+    """Inode of this process's pid namespace (0 when unknown): liveness checks compare it."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
 
 
 class CclLibrary:
@@ -99,6 +109,12 @@ class CclLibrary:
         self.allgather = lib.ccl_allgather
         self.allgather.argtypes = [p, _vp, _u64, _vp, _u64, _u64, _u64]
         self.allgather.restype = ci
+        # packed-argument entry points: f(pointer(ctx)) with ctx.args filled by pack_into;
+        # no argtypes on purpose (the ctypes pointer object is passed as is: cheapest call)
+        for name in ("allreduce_a", "bcast_a", "allgather_a"):
+            f = getattr(lib, "ccl_" + name)
+            f.restype = ci
+            setattr(self, name, f)
         self.reduce = lib.ccl_reduce
         self.reduce.argtypes = [_vp, ctypes.POINTER(_vp), ci, _u64, ci, ci, ci, ci]
         self.reduce.restype = ci

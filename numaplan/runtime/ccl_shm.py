@@ -9,8 +9,8 @@ One segment per node of the communicator, ``/dev/shm/<namespace>-node<N>``::
                         written by different ranks share a cache line (or an adjacent-line
                         prefetch pair): per local rank i, its ``in`` line (sequence word +
                         one call descriptor per parity), ``red`` line (two-shot) and ``done``
-                        line (last completed call, pid); then the node's ``part`` and ``fin``
-                        lines (hierarchical)
+                        line (last completed call, pid, pid namespace); then the node's
+                        ``part`` and ``fin`` lines (hierarchical)
     data_offset         per local rank i: two data slots (parity 0 and 1) of ``slot_stride``
                         bytes; then the node's two ``part`` slots (hierarchical partial sums)
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import logging
 import mmap
 import os
 import re
@@ -43,6 +44,8 @@ from numaplan.errors import NumaplanError, PlacementError
 from numaplan.osnuma.audit import PageAudit, audit_range
 from numaplan.osnuma.mempolicy import PlacementOutcome, bind_range
 from numaplan.osnuma.system import PAGE_SIZE
+
+log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
 MAGIC = 0x314C4343414D554E  # b"NUMACCL1" little-endian
@@ -243,6 +246,9 @@ class Segment:
             finally:
                 del view
             audit = audit_range(address, size, layout.mem_node)
+            if not audit.complete:
+                log.warning("segment %s is not where it should be: %s", path.name,
+                            audit.describe())
             _HEADER.pack_into(mm, 0, 0, layout.layout_hash, world, layout.node_id, os.getpid(),
                               size)
             struct.pack_into("<Q", mm, 0, MAGIC)
@@ -339,7 +345,7 @@ class Segment:
 
     def close(self, unlink: bool | None = None) -> None:
         """Unmap; unlink too when this process created it (or ``unlink=True``). Idempotent."""
-        if unlink if unlink is not None else self.created:
+        if self.created if unlink is None else unlink:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         if self._mm is not None:
