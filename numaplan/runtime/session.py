@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import logging
 import os
@@ -77,6 +78,9 @@ class RunOptions(Frozen):
     #: Fault injection for tests of the audit: ``{worker_id: node_id}`` binds that worker's
     #: weights to the wrong node while the audit still checks them against the plan.
     inject_misplacement: dict[int, int] = Field(default_factory=dict)
+    #: Fault injection for tests of crash handling: ``{"load": seconds}`` makes every worker
+    #: sleep that long at the start of loading, so a test can kill one mid-load.
+    inject_delay_s: dict[str, float] = Field(default_factory=dict)
 
 
 class WorkerStats(Frozen):
@@ -248,6 +252,10 @@ class NumaRuntime:
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
         self._infos: list[dict[str, Any]] = []
+        # Disco handles of the call in flight: after a worker death, destroying any handle
+        # sends a "free register" message into the dead pipe and TVM aborts the process, so
+        # those handles are then kept alive for good (see _keep_forever).
+        self._inflight: list[Any] = []
         self._load_s: float | None = None
         self._last: GenerationResult | None = None
 
@@ -290,6 +298,7 @@ class NumaRuntime:
                                "strict_placement": self.options.strict_placement,
                                "allow_fallback": self.options.allow_fallback,
                                "collective_timeout_s": self.options.collective_timeout_s,
+                               "inject_delay_s": dict(self.options.inject_delay_s),
                                "inject_misplacement": {str(k): v for k, v in
                                                        self.options.inject_misplacement.items()}})
             self._infos = self._gather(self._call("numaplan.runtime.setup", spec))
@@ -298,6 +307,7 @@ class NumaRuntime:
             self._start_watchdog()
             self._phase = "load"
             self._mod = self._guard(lambda: self._sess.load_vm_module(str(self.lib_path)))
+            self._inflight.clear()
             names = [p["name"] for p in meta.get("params", [])] or \
                 [t.name for t in plan.tensors]
             t0 = time.perf_counter()
@@ -315,17 +325,34 @@ class NumaRuntime:
         self._stop.set()
         sess, self._sess = self._sess, None
         if sess is not None and self._dead is None:
-            with contextlib.suppress(Exception):
-                f = sess.get_global_func("numaplan.runtime.shutdown")
-                sess.call_packed(f)
-                sess._sync_all()
-            with contextlib.suppress(Exception):
-                sess.shutdown()
+            _release_workers(sess)
+            # No sess.shutdown(): TVM's destructor shuts the workers down again, into pipes
+            # that are then closed, and aborts the process. Dropping the last reference (the
+            # module handle holds one) shuts them down exactly once.
+            self._mod = None
+            # TVM's wrapper caches functions that point back at the session (Session._cache ->
+            # DPackedFunc.session), a cycle the GC cannot collect (FFI objects take no part in
+            # it): break it, so the destructor runs now, while the workers are alive to
+            # receive its shutdown message. A worker killed first makes that shutdown write
+            # into a dead pipe, and TVM aborts the process.
+            with contextlib.suppress(AttributeError):
+                sess._cache.clear()
+            del sess
+            gc.collect()
+            self._wait_workers_exit(5.0)
         elif sess is not None:
-            _keep_forever(sess)
+            for handle in (sess, self._mod, *self._inflight):
+                if handle is not None:
+                    _keep_forever(handle)
+            self._mod = None
+            self._inflight.clear()
         self._kill_workers()
         self._cleanup_shm()
-        self._mod = None
+
+    def _wait_workers_exit(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and any(_alive(p) for p in self._pids.values()):
+            time.sleep(0.02)
 
     # -- generation -----------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
@@ -408,7 +435,10 @@ class NumaRuntime:
     def _call(self, name: str, *args: Any) -> Any:
         def run() -> Any:
             f = self._sess.get_global_func(name)
-            return self._sess.call_packed(f, *args)
+            self._inflight.append(f)
+            ref = self._sess.call_packed(f, *args)
+            self._inflight.append(ref)
+            return ref
         return self._guard(run)
 
     def _gather(self, ref: Any) -> list[Any]:
@@ -426,6 +456,7 @@ class NumaRuntime:
                 raise NumaplanError(f"worker {i} failed during {self._phase}: "
                                     f"{doc.get('type')}: {doc['error']}")
             outs.append(doc["ok"])
+        self._inflight.clear()
         return outs
 
     def _guard(self, fn: Any) -> Any:
@@ -443,6 +474,7 @@ class NumaRuntime:
         return out
 
     def _wait_for_death(self, seconds: float) -> bool:
+        """Whether a worker is (or, within ``seconds``, turns out to be) dead."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self._dead is not None:
@@ -499,6 +531,15 @@ class NumaRuntime:
             from numaplan.runtime.ccl import cleanup
 
             cleanup(self.namespace)
+
+
+def _release_workers(sess: Any) -> None:
+    """Ask every worker to free its communicator and weights (no handle outlives the call)."""
+    with contextlib.suppress(Exception):
+        f = sess.get_global_func("numaplan.runtime.shutdown")
+        ref = sess.call_packed(f)
+        sess._sync_all()
+        del ref, f
 
 
 def _within(cpus: str, planned: str) -> bool:

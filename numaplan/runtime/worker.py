@@ -175,6 +175,9 @@ def load_params(model_dir: str, names_json: str) -> dict[str, Any]:
 
     st = _STATE
     assert st.plan is not None, "numaplan.runtime.setup must run first"
+    delay = float(st.spec.get("inject_delay_s", {}).get("load", 0.0))
+    if delay:
+        time.sleep(delay)  # fault injection (tests): a window to kill a worker mid-load
     names = json.loads(names_json)
     workload = load_workload(model_dir)
     wrong = st.spec.get("inject_misplacement", {}).get(str(st.worker_id))

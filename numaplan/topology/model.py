@@ -251,17 +251,15 @@ class Topology(Frozen):
 
     # -- derived views -----------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """sha256 of the structure (nodes, CPUs, memory size, distances, cpuset).
+        """sha256 of the structure: nodes, their CPUs, which have memory, distances, cpuset.
 
-        Free memory and the source name are left out: they change without the machine changing.
-        Memory totals are rounded to MiB because the kernel's totals drift by a few pages.
+        Memory sizes are left out: free memory moves all the time, and so does total memory on
+        virtual machines with memory hotplug (virtio-mem, ballooning) without the machine
+        changing. Whether a plan still fits is a separate check (``numaplan check`` re-prices
+        it against current free memory). The source name is left out too.
         """
         data = {
-            "nodes": [
-                [n.node_id, list(n.cpus),
-                 None if n.mem_total_bytes is None else n.mem_total_bytes >> 20]
-                for n in self.nodes
-            ],
+            "nodes": [[n.node_id, list(n.cpus), n.has_memory] for n in self.nodes],
             "distances": [list(r) for r in self.distances],
             "allowed_cpus": list(self.allowed_cpus),
             "allowed_mem_node_ids": list(self.allowed_mem_node_ids),

@@ -57,8 +57,9 @@ def test_restricted_to_numa_nodes():
         t.restricted_to([7])
 
 
-def test_fingerprint_ignores_free_memory():
+def test_fingerprint_ignores_memory_sizes():
     a = synthetic_topology(sockets=2, free_fraction=0.9)
-    b = synthetic_topology(sockets=2, free_fraction=0.5)
-    assert a.fingerprint() == b.fingerprint()
+    b = synthetic_topology(sockets=2, free_fraction=0.5, mem_per_node_bytes=96 << 30)
+    assert a.fingerprint() == b.fingerprint()  # hotplug or free memory: same machine
     assert a.fingerprint() != synthetic_topology(sockets=2, cores_per_node=5).fingerprint()
+    assert a.fingerprint() != synthetic_topology(sockets=2, memoryless_nodes=[1]).fingerprint()
