@@ -271,6 +271,7 @@ def _spell_out(workload: Workload, topo: Topology, cost: CostModel, options: Pla
         workers.append(PlanWorker(worker_id=w, node_id=n, cpus=format_cpulist(cpus),
                                   num_threads=len(cpus), mem_node_id=p.home_of[n],
                                   mem_policy="bind"))
+        _log_worker(p, s, pred, w, n, cpus, options.node_affinity)
     by_node: dict[int, list[int]] = {}
     for w in workers:
         by_node.setdefault(w.node_id, []).append(w.worker_id)
@@ -353,6 +354,28 @@ def _spell_out(workload: Workload, topo: Topology, cost: CostModel, options: Pla
         workers=tuple(workers), nodes=nodes, collectives=collectives, prediction=prediction,
         tensors=tensors,
     )
+
+
+def _log_worker(p: PlacementProblem, s: Solution, pred: Prediction, w: int, n: int,
+                cpus: tuple[int, ...], affinity: Mapping[int, int]) -> None:
+    """DEBUG: where a worker goes and why."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    k = s.workers_per_node[n]
+    bw = p.bw(n, p.home_of[n]) or 0.0
+    why = ("node_affinity pins it there" if w in affinity else
+           f"the {s.solver} solution ({s.status}) puts {k} of {p.num_workers} workers on node "
+           f"{n}, whose CPUs read their memory node at {bw / 1e9:.1f} GB/s; node read time "
+           f"{1e3 * pred.per_node_read_s.get(n, 0.0):.3f} ms per token")
+    mem = p.home_of[n]
+    where = "its own node" if mem == n else f"node {mem} (node {n} has no usable memory)"
+    log.debug("worker %d -> node %d, CPUs %s (%d threads), memory bound to %s, because %s",
+              w, n, format_cpulist(cpus), len(cpus), where, why)
+    for j, b in sorted(s.split_homes.get(n, {}).items()):
+        if j != mem:
+            log.debug("  worker %d keeps %d bytes of its shards on node %d, because node %d "
+                      "lacks the room or node %d is faster for it (%.1f GB/s)", w, b, j, mem, j,
+                      (p.bw(n, j) or 0) / 1e9)
 
 
 def _assign(p: PlacementProblem, s: Solution, affinity: Mapping[int, int]
