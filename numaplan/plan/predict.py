@@ -135,27 +135,37 @@ def predict(p: PlacementProblem, s: Solution) -> Prediction:
 
 
 def lower_bound(p: PlacementProblem) -> float:
-    """Seconds per token no placement can beat.
+    """Seconds per token no placement numaplan can make beats.
 
-    For every possible number ``a`` of active nodes: all the bytes the W workers must read per
-    token, streamed at the combined bandwidth of the ``a`` fastest nodes (never more than all
-    memory nodes' DRAM can serve), plus the cheapest collective any ``a``-node split can have
-    (every latency and bandwidth term at its best pair or node, the largest node holding at
-    least ceil(W / a) workers). The bound is the minimum over ``a``.
+    A worker on node i needs at least ``c_i = weights / best_i + kv / home_i`` seconds of node
+    i's read capacity per token: its weight bytes at the best bandwidth node i's CPUs have to any
+    memory node, and its KV cache (which numaplan keeps on the worker's own memory node) at that
+    node's bandwidth. For every number ``a`` of active nodes, the ``a`` cheapest nodes sharing W
+    workers continuously give ``W / sum(1 / c_i)``, and all the bytes can go no faster than all
+    DRAM together; to that the cheapest collective any ``a``-node split can have is added. The
+    bound is the minimum over ``a``. (Even, integer shards, as MLC's tensor parallelism has, can
+    stay well above it when node bandwidths differ and W is small: see docs/cost-model.md.)
     """
     W = p.num_workers
-    total = W * p.read_bytes_per_worker
-    reader = sorted((max((p.bw(i, j) or 0.0) for j in p.mem_node_ids) for i in p.cpu_node_ids),
-                    reverse=True)
+    weights = p.split_bytes_per_worker + p.replica_stream_bytes
+    kv = p.kv_read_bytes_per_worker
+    cost = []
+    for i in p.cpu_node_ids:
+        best = max((p.bw(i, j) or 0.0) for j in p.mem_node_ids)
+        home = p.bw(i, p.home_of[i]) or best
+        if best > 0:
+            cost.append(weights / best + kv / home)
+    cost.sort()
     dram = sum(p.dram_bw(j) for j in p.mem_node_ids)
+    total = W * (weights + kv)
     stats = _pair_stats(p) if W > 1 and len(p.cpu_node_ids) > 1 else None
-    best = float("inf")
-    for a in range(1, len(p.cpu_node_ids) + 1):
+    best_t = float("inf")
+    for a in range(1, len(cost) + 1):
         if a > W:
             break
-        read = total / min(sum(reader[:a]), dram)
-        best = min(best, read + _coll_floor(p, a, stats))
-    return best
+        read = max(W / sum(1.0 / c for c in cost[:a]), total / dram)
+        best_t = min(best_t, read + _coll_floor(p, a, stats))
+    return best_t
 
 
 def _pair_stats(p: PlacementProblem) -> tuple[float, float, float, float]:
