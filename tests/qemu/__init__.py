@@ -1,0 +1,1 @@
+"""QEMU tier: numaplan inside multi-node NUMA guests (scripts/numa-vm)."""
