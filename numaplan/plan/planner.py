@@ -132,19 +132,8 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
                                   cost.topology_fingerprint != topo.fingerprint()):
         # A SLIT-derived model is priced at the (grid) penalty of the request, on the nodes
         # the plan may use.
-        from numaplan.cost import cost_from_slit
-
-        bw_arg = cost.params.get("local_bw_gbps_arg")
-        lat_arg = cost.params.get("local_lat_ns_arg")
-        cost = cost_from_slit(topo, penalty=options.numa_inter_node_penalty,
-                              local_bw_gbps=float(bw_arg) if bw_arg else None,
-                              local_lat_ns=float(lat_arg) if lat_arg else None)
-    problem = build_problem(
-        workload, topo, cost, num_workers=options.tensor_parallel_shards,
-        batch_size=options.batch_size, context_tokens=options.context_tokens,
-        prefer_local_memory=options.numa_prefer_local_memory,
-        node_affinity=options.node_affinity, mem_headroom=options.mem_headroom,
-        collective_alpha_s=options.collective_alpha_s, oversubscribe=options.oversubscribe)
+        cost = _slit_at(topo, cost, options.numa_inter_node_penalty)
+    problem = _problem(workload, topo, cost, options)
     times: dict[str, float] = {}
     answers: dict[str, Solution] = {}
     errors: dict[str, InfeasiblePlanError] = {}
@@ -204,6 +193,28 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
     return plan, report, problem, chosen
 
 
+def _slit_at(topo: Topology, cost: CostModel, penalty: float) -> CostModel:
+    """The SLIT-derived cost model at another penalty, with the same local figures."""
+    from numaplan.cost import cost_from_slit
+
+    bw_arg = cost.params.get("local_bw_gbps_arg")
+    lat_arg = cost.params.get("local_lat_ns_arg")
+    return cost_from_slit(topo, penalty=penalty,
+                          local_bw_gbps=float(bw_arg) if bw_arg else None,
+                          local_lat_ns=float(lat_arg) if lat_arg else None)
+
+
+def _problem(workload: Workload, topo: Topology, cost: CostModel, options: PlanOptions
+             ) -> PlacementProblem:
+    """The placement problem of a request."""
+    return build_problem(
+        workload, topo, cost, num_workers=options.tensor_parallel_shards,
+        batch_size=options.batch_size, context_tokens=options.context_tokens,
+        prefer_local_memory=options.numa_prefer_local_memory,
+        node_affinity=options.node_affinity, mem_headroom=options.mem_headroom,
+        collective_alpha_s=options.collective_alpha_s, oversubscribe=options.oversubscribe)
+
+
 def penalty_grid(penalty: float) -> list[float]:
     """The penalties the continuation visits: 0, 0.05, ..., ``penalty``."""
     n = round(penalty / PENALTY_STEP)
@@ -227,22 +238,11 @@ def _monotone_in_penalty(workload: Workload, topo: Topology, cost: CostModel,
 
     if predict(problem, solution).cross_node_read_bytes_per_token == 0:
         return solution
-    from numaplan.cost import cost_from_slit
 
-    bw_arg = cost.params.get("local_bw_gbps_arg")
-    lat_arg = cost.params.get("local_lat_ns_arg")
     prev: Solution | None = None
     prev_cross = float("inf")
     for g in penalty_grid(options.numa_inter_node_penalty):
-        cost_g = cost_from_slit(topo, penalty=g,
-                                local_bw_gbps=float(bw_arg) if bw_arg else None,
-                                local_lat_ns=float(lat_arg) if lat_arg else None)
-        prob_g = build_problem(
-            workload, topo, cost_g, num_workers=options.tensor_parallel_shards,
-            batch_size=options.batch_size, context_tokens=options.context_tokens,
-            prefer_local_memory=options.numa_prefer_local_memory,
-            node_affinity=options.node_affinity, mem_headroom=options.mem_headroom,
-            collective_alpha_s=options.collective_alpha_s, oversubscribe=options.oversubscribe)
+        prob_g = _problem(workload, topo, _slit_at(topo, cost, g), options)
         candidates: list[Solution] = []
         if prev is not None:
             candidates.append(prev)
