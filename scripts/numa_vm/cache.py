@@ -29,6 +29,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 #: Modules the guest needs (their dependencies are added from each module's modinfo).
@@ -117,7 +118,7 @@ def status(cache: Path) -> tuple[bool, list[str]]:
         stale = "" if state.get("init_sha256") == init_digest() else \
             " (init.sh changed: `setup` rebuilds the initramfs)"
         lines.append(f"cache: {cache}: kernel {state['kernel_package']}, "
-                     f"{state['busybox_package']}{stale}")
+                     f"{urllib.parse.unquote(state['busybox_package'])}{stale}")
     return qemu is not None and state is not None, lines
 
 
@@ -290,7 +291,8 @@ def _fetch_kernel_and_busybox(cache: Path, tmp: Path, log) -> dict:
         log("could not extract an uncompressed vmlinux; booting the bzImage (slower)")
         shutil.copy2(vmlinuz[0], cache / "vmlinuz")
     return {"format": CACHE_FORMAT, "kernel_package": kpkg, "kernel_release": mod_roots[0].name,
-            "kernel_file": kernel_file, "busybox_package": bdeb.name.removesuffix(".deb"),
+            "kernel_file": kernel_file,
+            "busybox_package": urllib.parse.unquote(bdeb.name.removesuffix(".deb")),
             "modules": order}
 
 

@@ -56,10 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="download and rebuild everything")
     sub.add_parser("status", help="report QEMU and the cache; exit 0 when run can boot")
     r = sub.add_parser("run", help="boot a guest and run a command in the current directory")
-    r.add_argument("--nodes", type=int, default=_env_default("NODES", "2"))
-    r.add_argument("--cpus-per-node", type=int, default=_env_default("CPUS_PER_NODE", "1"))
+    r.add_argument("--nodes", type=int, metavar="N", default=_env_default("NODES", "2"),
+                   help="NUMA nodes (default 2)")
+    r.add_argument("--cpus-per-node", type=int, metavar="C",
+                   default=_env_default("CPUS_PER_NODE", "1"),
+                   help="vCPUs per node; node i has vCPUs i*C .. i*C+C-1 (default 1)")
     r.add_argument("--mem-per-node", type=int, metavar="MIB",
-                   default=_env_default("MEM_PER_NODE", "768"))
+                   default=_env_default("MEM_PER_NODE", "768"),
+                   help="MiB of RAM per node (default 768)")
     r.add_argument("--distances", metavar="'I,J,VAL ...'", default=_env_default("DISTANCES", None),
                    help="SLIT between distinct nodes (symmetric); default: 2 nodes 21, "
                    "4 nodes 16 inside {0,1} and {2,3} and 32 across, else 20")
@@ -71,13 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
                    help="set a variable in the guest (repeatable)")
     r.add_argument("--accel", choices=("auto", "kvm", "tcg"),
-                   default=_env_default("ACCEL", "auto"))
+                   default=_env_default("ACCEL", "auto"),
+                   help="KVM when /dev/kvm is usable (auto, the default), else TCG emulation")
     r.add_argument("--tcg-threads", choices=("single", "multi"),
                    default=_env_default("TCG_THREADS", "single"),
                    help="TCG: one host thread for all vCPUs (default) or one per vCPU")
     r.add_argument("--verbose", action="store_true",
                    help="print the guest's whole console (kernel messages) afterwards")
-    r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]")
+    r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]",
+                   help="runs in the current directory; exit status 124 on timeout, 125 when "
+                   "the guest fails")
     return p
 
 

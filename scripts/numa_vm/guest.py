@@ -378,14 +378,16 @@ def run_command(argv: list[str], *, qemu: str, cache_state: dict, layout: Layout
         _stop(proc)
         raise
     elapsed = time.monotonic() - t0
+    qemu_err = (err or b"").decode(errors="replace").strip()
     if verbose:
         print(_console_tail(meta / "console.log", 10**6), file=sys.stderr)
+        if qemu_err:
+            log(f"QEMU said: {qemu_err}")
     if timed_out:
         log(f"TIMEOUT after {timeout_s:g} s: QEMU killed")
         return EXIT_TIMEOUT
     rc_file = meta / "rc"
     if not rc_file.is_file():
-        qemu_err = err.decode(errors="replace").strip()
         log(f"the guest reported no exit status (QEMU exit status {proc.returncode}"
             + (f": {qemu_err}" if qemu_err else "") + ")")
         log("end of the guest console:\n" + _console_tail(meta / "console.log"))
