@@ -54,6 +54,7 @@ class GuestSpec:
     mem_per_node_mib: int
     distances: tuple[tuple[int, ...], ...]
     misplace_tp: int = 2
+    tcg_threads: str = "single"
 
     @property
     def tp(self) -> int:
@@ -74,7 +75,7 @@ class GuestSpec:
 GUESTS = {
     2: GuestSpec(2, 1, 768, ((10, 21), (21, 10))),
     4: GuestSpec(4, 1, 768, ((10, 16, 32, 32), (16, 10, 32, 32), (32, 32, 10, 16),
-                             (32, 32, 16, 10))),
+                             (32, 32, 16, 10)), tcg_threads="multi"),
 }
 
 
@@ -100,6 +101,12 @@ def _qemu_available() -> None:
     if mode == "1":
         pytest.fail(msg + " (NUMAPLAN_QEMU=1: the tier is required)", pytrace=False)
     pytest.skip(msg)
+
+
+def _guest_pythonpath() -> str:
+    """``tests/qemu/hide_torch`` first (see its docstring), then the host's PYTHONPATH."""
+    return os.pathsep.join(p for p in (str(Path(__file__).parent / "hide_torch"),
+                                       os.environ.get("PYTHONPATH", "")) if p)
 
 
 def _numaplan() -> list[str]:
@@ -136,7 +143,9 @@ class GuestRun:
         argv = [sys.executable, str(NUMA_VM), "run", "--nodes", str(s.nodes),
                 "--cpus-per-node", str(s.cpus_per_node), "--mem-per-node",
                 str(s.mem_per_node_mib), "--distances", s.distances_arg(),
-                "--timeout", str(self.timeout_s), "--out", str(self.out), "--",
+                "--timeout", str(self.timeout_s), "--out", str(self.out),
+                "--tcg-threads", os.environ.get("NUMAPLAN_QEMU_TCG_THREADS", s.tcg_threads),
+                "--env", f"PYTHONPATH={_guest_pythonpath()}", "--",
                 sys.executable, "-m", "tests.qemu.guest_checks", "all",
                 "--model", str(self.model), "--out", str(self.out), "--tp", str(s.tp),
                 "--misplace-tp", str(s.misplace_tp),
