@@ -77,7 +77,6 @@ def test_engine_generate_stats_and_cache(model_dir, tmp_path, caplog):
     with Engine(cfg) as again:
         assert not again.compiled
         assert again.generate(PROMPT, 6) == want
-        assert again.start_s < engine.start_s
 
 
 def test_plain_tp_without_placement(model_dir, tmp_path):
