@@ -38,6 +38,16 @@ log = logging.getLogger(__name__)
 CCL_OPS = ("allreduce", "broadcast_from_worker0", "allgather", "scatter_from_worker0")
 
 
+def _error_class(name: Any) -> type[NumaplanError]:
+    """The :mod:`numaplan.errors` class a worker named (``NumaplanError`` for any other)."""
+    from numaplan import errors
+
+    cls = getattr(errors, str(name), None)
+    if isinstance(cls, type) and issubclass(cls, NumaplanError):
+        return cls
+    return NumaplanError
+
+
 class StalePlanError(NumaplanError):
     """The plan was made for another model index or another machine."""
 
@@ -451,7 +461,12 @@ class NumaRuntime:
                 if self._wait_for_death(0.5):
                     raise self._died()
                 if doc.get("kind") == "user":
-                    raise NumaplanError(f"worker {i}: {doc['error']}")
+                    # The worker's own error class (PlacementError for strict placement...),
+                    # so that callers can tell them apart across the process boundary.
+                    msg = str(doc["error"])
+                    if not msg.startswith(f"worker {i}:"):
+                        msg = f"worker {i}: {msg}"
+                    raise _error_class(doc.get("type"))(msg)
                 log.debug("worker %d traceback:\n%s", i, doc.get("trace", ""))
                 raise NumaplanError(f"worker {i} failed during {self._phase}: "
                                     f"{doc.get('type')}: {doc['error']}")

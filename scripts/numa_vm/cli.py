@@ -11,12 +11,13 @@ Usage::
 
 ``run`` options: ``--nodes N`` (2), ``--cpus-per-node C`` (1), ``--mem-per-node MIB`` (768),
 ``--distances "0,1,21 ..."`` (2 nodes: 21; 4 nodes: 16 in {0,1} and {2,3}, 32 across; else 20),
-``--timeout S`` (600), ``--out DIR`` (shared read-write at the same path in the guest, also
-``$NUMA_VM_OUT``; default: a new temporary directory), ``--env NAME[=VALUE]`` (repeatable; PATH,
-HOME, VIRTUAL_ENV, PYTHONPATH, CI, NUMAPLAN_* ... are passed anyway), ``--accel auto|kvm|tcg``,
-``--tcg-threads single|multi``, ``--verbose``. Every option has a ``NUMA_VM_<NAME>``
-environment default (``NUMA_VM_TIMEOUT``...). The cache directory is ``$NUMAPLAN_VM_CACHE`` or
-``~/.cache/numaplan-vm`` (``--cache``).
+``--timeout S`` (600), ``--out DIR`` (shared read-write at the same path in the guest, where
+``$NUMA_VM_OUT`` names it; default: a new temporary directory), ``--env NAME[=VALUE]``
+(repeatable; PATH, HOME, VIRTUAL_ENV, PYTHONPATH, CI, NUMAPLAN_* ... are passed anyway),
+``--accel auto|kvm|tcg``, ``--tcg-threads single|multi``, ``--verbose``. The options with a
+value (not ``--env``) take their default from ``$NUMA_VM_<OPTION>`` when set
+(``NUMA_VM_TIMEOUT``, ``NUMA_VM_TCG_THREADS``...). The cache directory is
+``$NUMAPLAN_VM_CACHE`` or ``~/.cache/numaplan-vm`` (``--cache``).
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         layout = guest.make_layout(args.nodes, args.cpus_per_node, args.mem_per_node,
                                    args.distances)
-    except guest.LayoutError as exc:
+        guest.guest_env(args.env)  # validates the --env names
+    except guest.RequestError as exc:
         _log(f"error: {exc}")
         return EXIT_USAGE
     if args.timeout <= 0:

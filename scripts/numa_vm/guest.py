@@ -25,8 +25,9 @@ PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "
               "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHASHSEED", "CI")
 
 
-class LayoutError(ValueError):
-    """A NUMA layout QEMU would refuse or misread; the message says what is wrong."""
+class RequestError(ValueError):
+    """A run request (NUMA layout, --env) QEMU or the guest would refuse or misread; the
+    message says what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,6 @@ class Layout:
     cpus_per_node: int
     mem_per_node_mib: int
     distances: tuple[tuple[int, ...], ...]
-
-    def cpus_of(self, node: int) -> list[int]:
-        """The vCPU ids of ``node``."""
-        c = self.cpus_per_node
-        return list(range(node * c, node * c + c))
 
     def describe(self) -> str:
         """One line: nodes x vCPUs x MiB and the off-diagonal distances."""
@@ -102,17 +98,17 @@ def make_layout(nodes: int, cpus_per_node: int, mem_per_node_mib: int,
 
     Raises
     ------
-    LayoutError
+    RequestError
         Out-of-range sizes, malformed triples, a missing pair, or a distance outside 11..254.
     """
     if not 1 <= nodes <= 16:
-        raise LayoutError(f"--nodes must be in 1..16, got {nodes}")
+        raise RequestError(f"--nodes must be in 1..16, got {nodes}")
     if not 1 <= cpus_per_node <= 16:
-        raise LayoutError(f"--cpus-per-node must be in 1..16, got {cpus_per_node}")
+        raise RequestError(f"--cpus-per-node must be in 1..16, got {cpus_per_node}")
     if nodes * cpus_per_node > 64:
-        raise LayoutError(f"{nodes * cpus_per_node} vCPUs in all: at most 64")
+        raise RequestError(f"{nodes * cpus_per_node} vCPUs in all: at most 64")
     if mem_per_node_mib < 128 or mem_per_node_mib % 2:
-        raise LayoutError(f"--mem-per-node must be an even number of MiB >= 128, got "
+        raise RequestError(f"--mem-per-node must be an even number of MiB >= 128, got "
                           f"{mem_per_node_mib}")
     text = default_distances(nodes) if distances is None else distances
     given: dict[tuple[int, int], int] = {}
@@ -120,15 +116,15 @@ def make_layout(nodes: int, cpus_per_node: int, mem_per_node_mib: int,
         try:
             i, j, v = (int(x) for x in triple.split(","))
         except ValueError:
-            raise LayoutError(f"--distances: {triple!r} is not 'i,j,value'") from None
+            raise RequestError(f"--distances: {triple!r} is not 'i,j,value'") from None
         if not (0 <= i < nodes and 0 <= j < nodes):
-            raise LayoutError(f"--distances: {triple!r} names a node outside 0..{nodes - 1}")
+            raise RequestError(f"--distances: {triple!r} names a node outside 0..{nodes - 1}")
         if i == j:
             if v != 10:
-                raise LayoutError(f"--distances: {triple!r}: a node's distance to itself is 10")
+                raise RequestError(f"--distances: {triple!r}: a node's distance to itself is 10")
             continue
         if not 11 <= v <= 254:
-            raise LayoutError(f"--distances: {triple!r}: distances between nodes are 11..254")
+            raise RequestError(f"--distances: {triple!r}: distances between nodes are 11..254")
         given[(i, j)] = v
     matrix = [[10] * nodes for _ in range(nodes)]
     missing = []
@@ -143,14 +139,16 @@ def make_layout(nodes: int, cpus_per_node: int, mem_per_node_mib: int,
                 continue
             matrix[i][j] = v
     if missing:
-        raise LayoutError(f"--distances: no value for the pair(s) {' '.join(missing)} "
+        raise RequestError(f"--distances: no value for the pair(s) {' '.join(missing)} "
                           f"(give every pair, e.g. {default_distances(nodes)!r})")
     return Layout(nodes, cpus_per_node, mem_per_node_mib, tuple(tuple(r) for r in matrix))
 
 
 def kvm_usable() -> bool:
     """True when ``/dev/kvm`` is usable here: it opens read-write and the CPU advertises
-    hardware virtualisation (a device node alone is not enough inside some VMs)."""
+    hardware virtualisation. A device node alone is not enough: some VMs offer a software
+    KVM (``kvm-pvm``) that creates VMs but hangs a guest with more than one vCPU in its
+    firmware (seen on the 2-core development VM), and a NUMA guest needs a vCPU per node."""
     try:
         fd = os.open("/dev/kvm", os.O_RDWR)
     except OSError:
@@ -209,14 +207,17 @@ def qemu_argv(qemu: str, layout: Layout, kernel: str, initrd: str, out_dir: Path
     qboot = Path("/usr/share/qemu/qboot.rom")  # boots faster than SeaBIOS
     if qboot.is_file():
         argv += ["-bios", str(qboot)]
+    def opt(path: Path) -> str:  # a comma inside a QEMU option value is written twice
+        return str(path).replace(",", ",,")
+
     console = out_dir / ".numa-vm" / "console.log"
     cmdline = "console=ttyS0 panic=-1 " + ("ignore_loglevel" if verbose else "quiet")
     argv += ["-kernel", kernel, "-initrd", initrd, "-append", cmdline,
-             "-chardev", f"file,id=console,path={console}", "-serial", "chardev:console",
+             "-chardev", f"file,id=console,path={opt(console)}", "-serial", "chardev:console",
              "-serial", "stdio",
              "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,"
                         "multidevs=remap",
-             "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=none"]
+             "-virtfs", f"local,path={opt(out_dir)},mount_tag=out,security_model=none"]
     return argv
 
 
@@ -267,11 +268,18 @@ def guest_env(extra: list[str]) -> dict[str, str]:
     -------
     dict
         Name to value.
+
+    Raises
+    ------
+    RequestError
+        A name that is not a shell variable name.
     """
     env = {k: v for k, v in os.environ.items()
            if k in PASSED_ENV or k.startswith("NUMAPLAN_")}
     for item in extra:
         name, eq, value = item.partition("=")
+        if not name.isidentifier():
+            raise RequestError(f"--env {item!r}: {name!r} is not a variable name")
         if eq:
             env[name] = value
         elif name in os.environ:

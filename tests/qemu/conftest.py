@@ -54,7 +54,6 @@ class GuestSpec:
     mem_per_node_mib: int
     distances: tuple[tuple[int, ...], ...]
     misplace_tp: int = 2
-    tcg_threads: str = "single"
 
     @property
     def tp(self) -> int:
@@ -75,7 +74,7 @@ class GuestSpec:
 GUESTS = {
     2: GuestSpec(2, 1, 768, ((10, 21), (21, 10))),
     4: GuestSpec(4, 1, 768, ((10, 16, 32, 32), (16, 10, 32, 32), (32, 32, 10, 16),
-                             (32, 32, 16, 10)), tcg_threads="multi"),
+                             (32, 32, 16, 10))),
 }
 
 
@@ -97,7 +96,7 @@ def _qemu_available() -> None:
     ready, detail = _vm_status()
     if ready:
         return
-    msg = f"QEMU tier unavailable ({detail.replace(chr(10), '; ')}); run `scripts/numa-vm setup`"
+    msg = "QEMU tier unavailable: " + detail.replace("\n", "; ")
     if mode == "1":
         pytest.fail(msg + " (NUMAPLAN_QEMU=1: the tier is required)", pytrace=False)
     pytest.skip(msg)
@@ -144,7 +143,6 @@ class GuestRun:
                 "--cpus-per-node", str(s.cpus_per_node), "--mem-per-node",
                 str(s.mem_per_node_mib), "--distances", s.distances_arg(),
                 "--timeout", str(self.timeout_s), "--out", str(self.out),
-                "--tcg-threads", os.environ.get("NUMAPLAN_QEMU_TCG_THREADS", s.tcg_threads),
                 "--env", f"PYTHONPATH={_guest_pythonpath()}", "--",
                 sys.executable, "-m", "tests.qemu.guest_checks", "all",
                 "--model", str(self.model), "--out", str(self.out), "--tp", str(s.tp),

@@ -23,24 +23,26 @@ or hangs does not hide the others), and ``test_numa_guest.py`` asserts on the ho
     reported) and waits for ``OUT/compile-done.json``; it probes meanwhile. Under TCG a compile
     in the guest costs ~2.5 min, on the host a few seconds.
 ``runtime``
-    The exit status and output of the runtime process below.
+    The exit status of the runtime process below.
 
-``OUT/runtime.json`` (``python -m tests.qemu.guest_checks runtime``, one process so that
-``import tvm``, ~30 s under TCG, is paid once; rewritten after each session):
+``OUT/runtime.json`` (``python -m tests.qemu.guest_checks runtime``: one process, so that
+``import tvm``, ~40 s under TCG, is paid once; started first, it imports TVM while the steps
+above run and starts its sessions when ``OUT/runtime-go.json`` says so; rewritten after each
+session):
 
 ``tp``
     What ``numaplan run MODEL --lib OUT/tpW/<name>-numa-llvm.so --plan OUT/tpW --prompt-ids ...
     --max-new-tokens N --json`` prints (``tokens``, ``result``, ``stats``), made by the same
     API calls, because the command has no option for the collective's start-up timeout (30 s),
     which workers importing TVM under TCG exceed.
+``tp1``
+    The ``--tp 1`` library, run like ``tp``.
 ``misplaced``
     ``RunOptions(inject_misplacement={1: node})`` with the ``--misplace-tp`` library (default
-    W=2: each session starts W-1 worker processes that import TVM, ~30-100 s each under TCG):
+    W=2: each session starts W-1 worker processes that import TVM, ~40 s each under TCG):
     the stats.
 ``strict``
     The same with ``strict_placement=True``: what ``start()`` raised.
-``tp1``
-    The ``--tp 1`` library, run like ``tp``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ RESULTS = "results.json"
 RUNTIME = "runtime.json"
 COMPILE_REQUEST = "compile-request.json"
 COMPILE_DONE = "compile-done.json"
+GO = "runtime-go.json"
 #: Seconds a worker may take to reach the collective (the runtime default of 30 s is too short
 #: for a process importing TVM under TCG).
 COLLECTIVE_TIMEOUT_S = 600.0
@@ -281,42 +284,58 @@ def cmd_all(args: argparse.Namespace) -> int:
         runs = _wait_for(out / COMPILE_DONE, args.step_timeout)["runs"]
         return {"where": "host", "runs": runs, "plans": plans(runs)}
 
-    topo = rec.step("topology", topology)
-    if args.compile_on_host and topo["ok"]:
-        tmp = out / (COMPILE_REQUEST + ".tmp")  # the host polls: it must never see half a file
-        tmp.write_text(json.dumps({"model": str(model), "topology": str(out / "topology.json"),
-                                   "degrees": degrees}) + "\n")
-        os.replace(tmp, out / COMPILE_REQUEST)
-    rec.step("probe", probe)
-
     def prepare() -> dict[str, Any]:
-        # Build the collective's C kernel once now: a cold cache makes every worker of the
-        # first session compile it at the same time (~30 s each under TCG).
+        # Build the collective's C kernel once now: with a cold cache every worker of the
+        # first session compiles it at the same time (~30 s each under TCG).
         from numaplan.runtime.ccl_native import compile_library
 
         return {"ccl_library": str(compile_library())}
 
-    rec.step("prepare", prepare)
-    if args.compile_on_host and not topo["ok"]:
-        return 0
-    compiled = rec.step("compile", compile_on_host if args.compile_on_host
-                        else compile_in_guest)
-    if not compiled["ok"]:
-        return 0
+    # The runtime process starts now and imports TVM (~40 s under TCG) while the steps below
+    # run; it waits for GO before its first session.
+    go = out / GO
+    go.unlink(missing_ok=True)
+    t_runtime = time.monotonic()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.qemu.guest_checks", "runtime", "--model", str(model),
+         "--out", str(out), "--tp", str(args.tp), "--misplace-tp", str(args.misplace_tp),
+         "--prompt-ids", args.prompt_ids, "--max-new-tokens", str(args.max_new_tokens),
+         "--wait-for", str(go), "--wait-timeout", str(args.step_timeout)])  # output streamed
+    try:
+        topo = rec.step("topology", topology)
+        if args.compile_on_host and topo["ok"]:
+            tmp = out / (COMPILE_REQUEST + ".tmp")  # the host polls: never half a file
+            tmp.write_text(json.dumps({"model": str(model),
+                                       "topology": str(out / "topology.json"),
+                                       "degrees": degrees}) + "\n")
+            os.replace(tmp, out / COMPILE_REQUEST)
+        rec.step("probe", probe)
+        prepared = rec.step("prepare", prepare)
+        compiled = rec.step("compile", compile_on_host if args.compile_on_host and topo["ok"]
+                            else compile_in_guest)
+        ok = compiled["ok"] and prepared["ok"]
+        go.write_text(json.dumps({"go": ok}) + "\n")
 
-    def runtime() -> dict[str, Any]:
-        res = run_process([sys.executable, "-m", "tests.qemu.guest_checks", "runtime",
-                           "--model", str(model), "--out", str(out), "--tp", str(args.tp),
-                           "--misplace-tp", str(args.misplace_tp),
-                           "--prompt-ids", args.prompt_ids,
-                           "--max-new-tokens", str(args.max_new_tokens)], args.step_timeout)
-        if res["rc"] != 0:
-            raise RuntimeError(f"the runtime process {'timed out' if res['timeout'] else 'exited'}"
-                               f" {res['rc'] if res['rc'] is not None else ''}; its output:\n"
-                               f"{_tail(res['stdout'])}\n{res['stderr']}")
-        return {"rc": res["rc"], "stdout": _tail(res["stdout"]), "stderr": res["stderr"]}
+        def runtime() -> dict[str, Any]:
+            try:
+                rc = child.wait(args.step_timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                raise RuntimeError("the runtime process timed out (its output is in the "
+                                   "guest's output)") from None
+            if rc != 0:
+                raise RuntimeError(f"the runtime process exited {rc} (its output is in the "
+                                   f"guest's output)")
+            return {"rc": rc, "seconds_since_start": round(time.monotonic() - t_runtime, 2)}
 
-    rec.step("runtime", runtime)
+        if ok:
+            rec.step("runtime", runtime)
+    finally:
+        if child.poll() is None:
+            go.write_text(json.dumps({"go": False}) + "\n")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(30)
+            child.kill()
     rec.doc["kernel_end"] = kernel_view()
     rec.save()
     return 0
@@ -331,6 +350,11 @@ def cmd_runtime(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     model = Path(args.model).resolve()
     ids = [int(t) for t in args.prompt_ids.split(",")]
+    if args.wait_for:
+        import tvm  # noqa: F401  (the slow part of the first session, done while waiting)
+
+        if not _wait_for(Path(args.wait_for), args.wait_timeout).get("go"):
+            return 0
     rec = Recorder(out / RUNTIME, {"prompt_ids": ids, "max_new_tokens": args.max_new_tokens})
 
     def generate(tp: int) -> Callable[[], dict[str, Any]]:
@@ -354,6 +378,8 @@ def cmd_runtime(args: argparse.Namespace) -> int:
         return run
 
     rec.step("tp", generate(args.tp))
+    if args.tp != 1:
+        rec.step("tp1", generate(1))
     if args.misplace_tp >= 2:
         mtp = args.misplace_tp
         planned = {w.worker_id: w.node_id for w in read_plan(out / f"tp{mtp}").workers}
@@ -386,8 +412,6 @@ def cmd_runtime(args: argparse.Namespace) -> int:
 
         rec.step("misplaced", misplaced)
         rec.step("strict", strict)
-    if args.tp != 1:
-        rec.step("tp1", generate(1))
     return 0
 
 
@@ -415,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="W of the fault-injection sessions (0: none)")
         s.add_argument("--prompt-ids", default="1,2,3,4")
         s.add_argument("--max-new-tokens", type=int, default=6)
+        if name == "runtime":
+            s.add_argument("--wait-for", help="start the sessions when this JSON file says go")
+            s.add_argument("--wait-timeout", type=float, default=1200.0)
         if name == "all":
             s.add_argument("--buffer-mib", type=int, default=8)
             s.add_argument("--step-timeout", type=float, default=1200.0)

@@ -94,3 +94,26 @@ def test_bad_prompt(model_dirs, libraries):
             rt.generate([10**6], 2)
         with pytest.raises(NumaplanError, match="exceed the KV cache"):
             rt.generate([1], 10**6)
+
+
+def test_strict_placement_refusal_keeps_its_class(model_dirs, libraries, monkeypatch):
+    """A worker's PlacementError (strict mode, every page reported on node 1) reaches the
+    caller as a PlacementError, not as a generic error, with the worker named once."""
+    import numaplan.runtime.worker as worker_mod
+
+    real = worker_mod.load_worker_params
+
+    def misreported(*args, **kwargs):
+        kwargs["page_query"] = lambda pages: np.ones(len(pages), dtype=np.int64)
+        return real(*args, **kwargs)
+
+    # Worker 0 is a thread of this process: the patched function is the one it calls.
+    monkeypatch.setattr(worker_mod, "load_worker_params", misreported)
+    _, lib = libraries("float32", 1)
+    rt = NumaRuntime(model_dirs["float32"], lib, options=RunOptions(strict_placement=True))
+    try:
+        with pytest.raises(PlacementError, match=r"^worker 0: 0\.00% of weight bytes") as info:
+            rt.start()
+        assert "worker 0: worker 0" not in str(info.value)
+    finally:
+        rt.close()
