@@ -72,7 +72,10 @@ def render_stats(s, name: str) -> str:
         lines.append(f"worker {w.worker_id} (pid {w.pid}): node {w.node_id}, CPUs {w.cpus_planned}"
                      f" (threads {', '.join(w.thread_cpus)}: on plan {ok}), memory "
                      f"{w.mempolicy}; weights {human_bytes(w.weight_bytes)}, {local:.2f}% on "
-                     f"planned node; loaded in {w.load_s:.3f} s")
+                     f"planned node; loaded {human_bytes(w.weight_bytes_loaded)} in "
+                     f"{w.load_s:.3f} s" + (f", mapped {human_bytes(w.weight_bytes_shared_mapped)}"
+                                             " of shared copies"
+                                             if w.weight_bytes_shared_mapped else ""))
     lines.append(f"weight bytes on their planned node: {s.weight_local_percentage:.2f}%")
     lines.append(f"collectives: {s.collective_calls} calls, {human_bytes(s.collective_bytes)} "
                  f"read, {s.inter_node_percentage:.1f}% across nodes")

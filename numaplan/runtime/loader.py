@@ -10,6 +10,10 @@ into memory whose ranges are bound (``mbind``) to the plan's homes *before* anyt
    MLC's shard rules (:func:`numaplan.model.slice_shard`), so only the pages of the worker's own
    rows / columns are read; ``f32-to-bf16`` weights are widened on the way; then every page of
    the arena is audited with ``move_pages`` against the plan.
+
+Replicated tensors that several workers read from the same homes are loaded once, by the lowest
+of those workers, into a shared segment the others map (:mod:`numaplan.runtime.shared_weights`):
+the plan budgets one copy per home, and so does the runtime.
 """
 
 from __future__ import annotations
@@ -25,6 +29,14 @@ from numaplan.errors import ModelFormatError, PlacementError
 from numaplan.model import Workload
 from numaplan.osnuma import NodeBuffer, audit_range, bind_range
 from numaplan.plan.schema import Plan
+from numaplan.runtime.shared_weights import (
+    SharedPiece,
+    SharedSegment,
+    copy_groups,
+    create_segment,
+    open_segment,
+    segment_path,
+)
 
 PAGE = 4096
 ALIGN = PAGE  # every piece starts on a page: its own mbind range, and >= DLPack's 64 B
@@ -41,8 +53,37 @@ class Piece(Frozen):
     homes: tuple[tuple[int, int], ...]
 
 
+class SharedCopies(Frozen):
+    """Share replicated tensors between the workers of one session (see the module doc)."""
+
+    namespace: str
+    timeout_s: float = 60.0
+
+
+class WeightMemory:
+    """The memory of one worker's weights: its private arena and the shared segments it maps.
+
+    Keep it alive as long as the arrays; :meth:`close` unmaps everything (numpy views first).
+    """
+
+    def __init__(self, arena: NodeBuffer | None, segments: list[SharedSegment]) -> None:
+        self.arena = arena
+        self.segments = segments
+
+    def close(self) -> None:
+        """Unmap the arena and the segments; idempotent."""
+        if self.arena is not None:
+            self.arena.close()
+        for seg in self.segments:
+            seg.close()
+
+
 class LoadReport(Frozen):
-    """What loading did, measured."""
+    """What loading did, measured.
+
+    ``bytes_loaded`` is what this worker wrote (its pieces, and the shared copies it owns);
+    ``bytes_shared_mapped`` what it maps from shared copies another worker wrote.
+    """
 
     worker_id: int
     pieces: int
@@ -53,6 +94,9 @@ class LoadReport(Frozen):
     bytes_audited: int
     pages_per_node: dict[int, int]
     misplaced: tuple[str, ...]
+
+    bytes_shared_mapped: int = 0
+    shared_segments: tuple[str, ...] = ()
 
     @property
     def on_planned_fraction(self) -> float:
@@ -150,8 +194,8 @@ def _piece_slices(shape: tuple[int, ...], rule, W: int, w: int):
 def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, worker_id: int,
                        names: Sequence[str], *, allow_fallback: bool = False,
                        audit: bool = True, bind_override: int | None = None,
-                       page_query=None, bind: bool = True
-                       ) -> tuple[NodeBuffer, list[np.ndarray], LoadReport]:
+                       page_query=None, bind: bool = True, shared: SharedCopies | None = None
+                       ) -> tuple[WeightMemory, list[np.ndarray], LoadReport]:
     """Load the worker's parameters into node-bound memory and audit them.
 
     Parameters
@@ -177,67 +221,131 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
         Replaces move_pages(2) in the audit (see :func:`numaplan.osnuma.audit_range`).
     bind
         Bind the pieces to their homes (off: first touch decides; the audit still reports).
+    shared
+        Share replicated tensors with the session's other workers (every worker of the session
+        must be loading at the same time); ``None``: this worker holds its own copies.
 
     Returns
     -------
-    (arena, arrays, report)
-        Keep ``arena`` alive as long as the arrays (they are views of it).
+    (memory, arrays, report)
+        Keep ``memory`` alive as long as the arrays (they are views of it).
     """
     t0 = time.perf_counter()
     W = plan.request.tensor_parallel_shards
-    pieces, size = plan_pieces(workload, plan, worker_id, names)
-    # Transparent huge pages: 512x fewer first-touch faults for the weights (the arena is
-    # bound before it is touched, so huge pages too land on the planned node).
-    arena = NodeBuffer(size, huge_pages=size >= (8 << 20))
-    for p in pieces if bind else ():
-        if bind_override is not None:
-            p = p.model_copy(update={"homes": ((bind_override, p.mem_nbytes),)})
-        _bind_piece(arena, p, allow_fallback=allow_fallback)
-    raw = arena.array(np.uint8)
+    groups = [g for g in copy_groups(workload, plan, names) if worker_id in g.members] \
+        if shared is not None else []
+    in_group = {p.name for g in groups for p in g.pieces}
+    pieces, size = plan_pieces(workload, plan, worker_id,
+                               [n for n in names if n not in in_group])
     by_name = {t.name: t for t in workload.tensors}
     maps: dict[str, np.memmap] = {}
-    arrays: list[np.ndarray] = []
     read = 0
-    try:
-        for p in pieces:
-            t = by_name[p.name]
+
+    def source(name: str) -> np.memmap:
+        t = by_name[name]
+        if t.data_path not in maps:
             path = Path(model_dir) / t.data_path
-            if t.data_path not in maps:
-                try:
-                    maps[t.data_path] = np.memmap(path, dtype=np.uint8, mode="r")
-                except (OSError, ValueError) as exc:
-                    raise ModelFormatError(f"cannot map shard file: {exc}", path=path) from None
-            dt = np.dtype(p.dtype if p.dtype != "bfloat16" else "uint16")
-            dest = raw[p.offset:p.offset + p.mem_nbytes].view(dt).reshape(p.shape)
-            read += _read_piece(dest, t, W, worker_id, maps[t.data_path])
-            arrays.append(dest)
-    finally:
+            try:
+                maps[t.data_path] = np.memmap(path, dtype=np.uint8, mode="r")
+            except (OSError, ValueError) as exc:
+                raise ModelFormatError(f"cannot map shard file: {exc}", path=path) from None
+        return maps[t.data_path]
+
+    def fill(dest_bytes: np.ndarray, name: str, shape: tuple[int, ...], dtype: str) -> None:
+        nonlocal read
+        dt = np.dtype(dtype if dtype != "bfloat16" else "uint16")
+        read += _read_piece(dest_bytes.view(dt).reshape(shape), by_name[name], W, worker_id,
+                            source(name))
+
+    # Owners fill their shared copies first: the other members wait for them.
+    memory = WeightMemory(None, [])
+    try:
+        for g in groups:
+            path = segment_path(shared.namespace, g)
+            if g.owner == worker_id:
+                memory.segments.append(create_segment(
+                    path, g, lambda view, p: fill(view, p.name, by_name[p.name].shard_shape(W),
+                                                  by_name[p.name].dtype),
+                    bind=bind, bind_override=bind_override, allow_fallback=allow_fallback))
+        # Transparent huge pages: 512x fewer first-touch faults for the weights (the arena is
+        # bound before it is touched, so huge pages too land on the planned node).
+        arena = NodeBuffer(size, huge_pages=size >= (8 << 20))
+        memory.arena = arena
+        for p in pieces if bind else ():
+            if bind_override is not None:
+                p = p.model_copy(update={"homes": ((bind_override, p.mem_nbytes),)})
+            _bind_piece(arena, p, allow_fallback=allow_fallback)
+        raw = arena.array(np.uint8)
+        own: dict[str, np.ndarray] = {}
+        for p in pieces:
+            dest = raw[p.offset:p.offset + p.mem_nbytes]
+            fill(dest, p.name, p.shape, p.dtype)
+            own[p.name] = _typed(dest, p.shape, p.dtype)
         for m in maps.values():
             m._mmap.close()  # unmap the shard files now, not when the GC gets to them
+        maps.clear()
+        mapped = 0
+        for g in groups:
+            if g.owner != worker_id:
+                memory.segments.append(open_segment(segment_path(shared.namespace, g), g,
+                                                    shared.timeout_s))
+                mapped += sum(p.mem_nbytes for p in g.pieces)
+        seg_of = {g.index: s for g, s in zip(
+            [g for g in groups if g.owner == worker_id] +
+            [g for g in groups if g.owner != worker_id], memory.segments, strict=True)}
+        shared_arrays: dict[str, tuple[np.ndarray, SharedSegment, SharedPiece]] = {}
+        for g in groups:
+            seg = seg_of[g.index]
+            sraw = seg.array()
+            for p in g.pieces:
+                t = by_name[p.name]
+                shared_arrays[p.name] = (_typed(sraw[p.offset:p.offset + p.mem_nbytes],
+                                                t.shard_shape(W), t.dtype), seg, p)
+            del sraw
+        arrays = [own[n] if n in own else shared_arrays[n][0] for n in names]
+    except BaseException:
+        for m in maps.values():
+            m._mmap.close()
+        raise
     load_s = time.perf_counter() - t0
     on, total, per_node, bad = 0, 0, {}, []
+
+    def audit_piece(name: str, address: int, homes: tuple[tuple[int, int], ...]) -> None:
+        nonlocal on, total
+        pos = 0
+        for node, nbytes in homes:
+            if nbytes <= 0:
+                continue
+            a = audit_range(address + pos, nbytes, node, query=page_query)
+            frac = a.on_target_fraction
+            on += round(nbytes * frac)
+            total += nbytes
+            for n, c in a.pages_per_node:
+                per_node[n] = per_node.get(n, 0) + c
+            if frac < 1.0:
+                bad.append(f"{name}: {100 * frac:.1f}% on node {node}")
+            pos += nbytes
+
     if audit:
         for p in pieces:
-            pos = 0
-            for node, nbytes in p.homes:
-                if nbytes <= 0:
-                    continue
-                a = audit_range(arena.address + p.offset + pos, nbytes, node,
-                                query=page_query)
-                frac = a.on_target_fraction
-                on += round(nbytes * frac)
-                total += nbytes
-                for n, c in a.pages_per_node:
-                    per_node[n] = per_node.get(n, 0) + c
-                if frac < 1.0:
-                    bad.append(f"{p.name}: {100 * frac:.1f}% on node {node}")
-                pos += nbytes
-    report = LoadReport(worker_id=worker_id, pieces=len(pieces),
-                        bytes_loaded=sum(p.mem_nbytes for p in pieces),
+            audit_piece(p.name, arena.address + p.offset, p.homes)
+        for _, seg, sp in shared_arrays.values():
+            audit_piece(sp.name, seg.address + sp.offset, sp.homes)
+    report = LoadReport(worker_id=worker_id, pieces=len(names),
+                        bytes_loaded=sum(p.mem_nbytes for p in pieces) + sum(
+                            p.mem_nbytes for g in groups if g.owner == worker_id
+                            for p in g.pieces),
                         bytes_read_from_files=read, load_s=round(load_s, 4),
                         bytes_on_planned_node=on, bytes_audited=total,
-                        pages_per_node=dict(sorted(per_node.items())), misplaced=tuple(bad[:20]))
-    return arena, arrays, report
+                        pages_per_node=dict(sorted(per_node.items())), misplaced=tuple(bad[:20]),
+                        bytes_shared_mapped=mapped,
+                        shared_segments=tuple(s.path.name for s in memory.segments))
+    return memory, arrays, report
+
+
+def _typed(dest: np.ndarray, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """A byte view as the parameter's array (bfloat16 as uint16 bits: numpy has no bf16)."""
+    return dest.view(np.dtype(dtype if dtype != "bfloat16" else "uint16")).reshape(shape)
 
 
 def check_placement(report: LoadReport, *, strict: bool) -> None:

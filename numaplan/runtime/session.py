@@ -31,6 +31,7 @@ from numaplan._base import Frozen
 from numaplan.errors import NumaplanError, PlacementError
 from numaplan.plan.io import plan_from_dict, read_plan
 from numaplan.plan.schema import Plan
+from numaplan.runtime.shared_weights import cleanup_weight_segments
 from numaplan.topology import Topology, parse_cpulist, read_sysfs
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ class WorkerStats(Frozen):
     load_s: float | None
     weight_bytes: int
     weight_bytes_on_planned_node: int
+    weight_bytes_loaded: int = 0
+    weight_bytes_shared_mapped: int = 0
     notes: tuple[str, ...] = ()
 
 
@@ -324,6 +327,9 @@ class NumaRuntime:
             self._gather(self._call("numaplan.runtime.load_params", str(self.model_dir),
                                     json.dumps(names)))
             self._load_s = time.perf_counter() - t0
+            # Every worker has mapped the shared copies: the names can go (the mappings keep
+            # the memory), so nothing of the weights is left in /dev/shm whatever happens next.
+            cleanup_weight_segments(self.namespace)
             self._phase = "ready"
         except BaseException:
             self.close()
@@ -422,6 +428,8 @@ class NumaRuntime:
                 mempolicy=s["mempolicy"], load_s=load.get("load_s"),
                 weight_bytes=load.get("bytes_audited", 0),
                 weight_bytes_on_planned_node=load.get("bytes_on_planned_node", 0),
+                weight_bytes_loaded=load.get("bytes_loaded", 0),
+                weight_bytes_shared_mapped=load.get("bytes_shared_mapped", 0),
                 notes=tuple(s.get("notes", ()))))
             on += load.get("bytes_on_planned_node", 0)
             total += load.get("bytes_audited", 0)
@@ -546,6 +554,8 @@ class NumaRuntime:
             from numaplan.runtime.ccl import cleanup
 
             cleanup(self.namespace)
+        with contextlib.suppress(Exception):
+            cleanup_weight_segments(self.namespace)
 
 
 def _release_workers(sess: Any) -> None:

@@ -36,7 +36,7 @@ from numaplan.osnuma import apply_mempolicy, get_affinity, get_mempolicy, set_af
 from numaplan.osnuma.affinity import current_thread_id, read_thread_affinity
 from numaplan.plan.io import plan_from_dict
 from numaplan.plan.schema import Plan
-from numaplan.runtime.loader import check_placement, load_worker_params
+from numaplan.runtime.loader import SharedCopies, check_placement, load_worker_params
 from numaplan.topology import format_cpulist, parse_cpulist
 
 #: TVM's ThreadGroup affinity mode "kSpecifyOneCorePerThread" (threading_backend.h).
@@ -185,10 +185,12 @@ def load_params(model_dir: str, names_json: str) -> dict[str, Any]:
         model_dir, workload, st.plan, st.worker_id, names,
         allow_fallback=bool(st.spec.get("allow_fallback")),
         bind_override=None if wrong is None else int(wrong),
-        bind=bool(st.spec.get("enforce_placement", True)))
+        bind=bool(st.spec.get("enforce_placement", True)),
+        shared=SharedCopies(namespace=st.spec["namespace"],
+                            timeout_s=float(st.spec.get("collective_timeout_s", 30.0))))
     check_placement(report, strict=bool(st.spec.get("strict_placement")))
     st.arena, st.load_report = arena, report
-    # Zero-copy: the VM reads the arena the worker filled on its node.
+    # Zero-copy: the VM reads the memory the workers filled on the planned nodes.
     st.params = [tvm.runtime.from_dlpack(a) for a in arrays]
     return {"pieces": report.pieces, "bytes": report.bytes_loaded}
 

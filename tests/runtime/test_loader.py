@@ -37,3 +37,104 @@ def test_every_worker_gets_mlc_shards(model_dirs, this_machine, dtype, W):
         assert rep.bytes_read_from_files == split + repl
         del arrays, arr
         arena.close()
+
+
+def test_replicated_tensors_are_shared_once_per_home(model_dirs, this_machine):
+    """W=2 on one node: worker 0 writes the replicated tensors once into a shared segment,
+    worker 1 maps the same memory (a write through one is seen through the other), reads only
+    its split pieces from the files, and both audit 100% on node 0; the names can be unlinked
+    after loading without losing the memory."""
+    import secrets
+    import threading
+
+    from examples.tiny_llama.reference import load_full_weights
+    from numaplan.runtime.loader import SharedCopies
+    from numaplan.runtime.shared_weights import SHM_DIR, cleanup_weight_segments, copy_groups
+
+    d = model_dirs["float32"]
+    wl = load_workload(d)
+    W = 2
+    plan = make_plan(wl, this_machine, cost_from_slit(this_machine),
+                     PlanOptions(tensor_parallel_shards=W), model_name="m")[0]
+    names = [t.name for t in plan.tensors]
+    groups = copy_groups(wl, plan, names)
+    repl = [n for n in names if not wl.tensor(n).is_split]
+    assert len(groups) == 1 and groups[0].members == (0, 1)
+    assert [p.name for p in groups[0].pieces] == repl
+    ns = f"numaplan-test-{secrets.token_hex(4)}"
+    shared = SharedCopies(namespace=ns, timeout_s=30)
+    results: dict[int, tuple] = {}
+
+    def load(w: int) -> None:
+        results[w] = load_worker_params(d, wl, plan, w, names, shared=shared)
+
+    # Worker 1 starts first: it must wait for worker 0's segment, not fail.
+    threads = [threading.Thread(target=load, args=(w,)) for w in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert set(results) == {0, 1}
+    assert [p.name for p in SHM_DIR.iterdir() if p.name.startswith(ns)] == [f"{ns}-weights0"]
+    assert cleanup_weight_segments(ns) == [str(SHM_DIR / f"{ns}-weights0")]
+    full = load_full_weights(d)
+    split = {w: sum(wl.tensor(n).shard_nbytes(W) for n in names if wl.tensor(n).is_split)
+             for w in range(W)}
+    repl_mem = sum(wl.tensor(n).shard_mem_nbytes(W) for n in repl)
+    (m0, a0, r0), (m1, a1, r1) = results[0], results[1]
+    for w, arrays in ((0, a0), (1, a1)):
+        for name, arr in zip(names, arrays, strict=True):
+            t = wl.tensor(name)
+            want = slice_shard(full[name], t.shard_rule, W, w) if t.is_split else full[name]
+            np.testing.assert_array_equal(arr, want.astype(arr.dtype), err_msg=name)
+    assert r0.bytes_read_from_files == split[0] + sum(wl.tensor(n).nbytes for n in repl)
+    assert r1.bytes_read_from_files == split[1]
+    assert r0.bytes_shared_mapped == 0 and r1.bytes_shared_mapped == repl_mem
+    assert r0.on_planned_fraction == r1.on_planned_fraction == 1.0
+    assert r0.bytes_audited == r1.bytes_audited  # both audit the shared copy too
+    i = names.index(repl[0])
+    before = float(a1[i].flat[0])
+    a0[i].flat[0] = before + 1.0  # one memory, two mappings
+    assert float(a1[i].flat[0]) == before + 1.0
+    results.clear()
+    del a0, a1, arr, arrays
+    m0.close()
+    m1.close()
+
+
+def test_shared_copy_waits_then_names_its_owner(model_dirs, this_machine):
+    """A member whose owner never publishes the segment fails with a clear error, in time."""
+    import secrets
+
+    from numaplan.errors import PlacementError
+    from numaplan.runtime.loader import SharedCopies
+
+    d = model_dirs["float32"]
+    wl = load_workload(d)
+    plan = make_plan(wl, this_machine, cost_from_slit(this_machine),
+                     PlanOptions(tensor_parallel_shards=2), model_name="m")[0]
+    names = [t.name for t in plan.tensors]
+    shared = SharedCopies(namespace=f"numaplan-test-{secrets.token_hex(4)}", timeout_s=0.3)
+    with pytest.raises(PlacementError, match=r"did not appear within 0\.3 s \(worker 0 "):
+        load_worker_params(d, wl, plan, 1, names, shared=shared)
+
+
+def test_copy_groups_follow_the_homes(tmp_path):
+    """Two workers per node on two nodes: one shared copy per node, owned by the lower worker;
+    one worker per node: nothing shared."""
+    from numaplan.runtime.shared_weights import copy_groups
+    from numaplan.topology import synthetic_topology
+    from tests.plan.helpers import small_workload
+
+    topo = synthetic_topology(sockets=2, cores_per_node=2)
+    wl = small_workload(tmp_path)
+    for W, want in ((4, [(0, 1), (2, 3)]), (2, [])):
+        plan = make_plan(wl, topo, cost_from_slit(topo), PlanOptions(tensor_parallel_shards=W),
+                         model_name="m")[0]
+        names = [t.name for t in plan.tensors]
+        groups = copy_groups(wl, plan, names)
+        assert [g.members for g in groups] == want
+        for g in groups:
+            nodes = {plan.workers[w].node_id for w in g.members}
+            assert len(nodes) == 1
+            assert all(h[0] in nodes for p in g.pieces for h in p.homes)

@@ -43,6 +43,12 @@ def test_tp_matches_single_process(model_dirs, libraries, dtype, W):
     assert stats.weight_local_percentage == 100.0
     assert all(w.weight_bytes == w.weight_bytes_on_planned_node > 0 for w in stats.workers)
     assert all(w.mempolicy == f"bind to node {w.mem_node_id}" for w in stats.workers)
+    # One node: worker 0 wrote the replicated tensors once, the others map that copy.
+    shared = stats.workers[1].weight_bytes_shared_mapped
+    assert shared > 0 and stats.workers[0].weight_bytes_shared_mapped == 0
+    assert all(w.weight_bytes_shared_mapped == shared for w in stats.workers[1:])
+    assert all(w.weight_bytes_loaded + w.weight_bytes_shared_mapped == w.weight_bytes
+               for w in stats.workers)
     # Two all-reduces per layer per step, on every worker, none across nodes (one node here).
     layers = 4
     assert stats.collective_calls == W * 2 * layers * STEPS
