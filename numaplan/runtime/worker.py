@@ -191,8 +191,39 @@ def load_params(model_dir: str, names_json: str) -> dict[str, Any]:
     check_placement(report, strict=bool(st.spec.get("strict_placement")))
     st.arena, st.load_report = arena, report
     # Zero-copy: the VM reads the memory the workers filled on the planned nodes.
-    st.params = [tvm.runtime.from_dlpack(a) for a in arrays]
+    dtypes = {t.name: t.dtype for t in workload.tensors}
+    st.params = vm_tensors(arrays, [dtypes[n] for n in names])
     return {"pieces": report.pieces, "bytes": report.bytes_loaded}
+
+
+def vm_tensors(arrays: list[np.ndarray], dtypes: list[str]) -> list[Any]:
+    """TVM tensors over the loaded arrays (no copy), with the parameters' own dtypes.
+
+    numpy has no bfloat16, so the loader holds bfloat16 weights as their uint16 bits; the VM
+    must see ``bfloat16`` (a VM function checks its parameters' dtypes), so those tensors are
+    re-typed views of the same memory.
+
+    Parameters
+    ----------
+    arrays
+        The loader's arrays, packed order.
+    dtypes
+        The parameters' dtypes (the model's tensor index), same order.
+
+    Returns
+    -------
+    list
+        ``tvm.runtime.Tensor`` objects; each keeps its array's memory referenced.
+    """
+    out = []
+    for a, dt in zip(arrays, dtypes, strict=True):
+        t = tvm.runtime.from_dlpack(a)
+        if dt == "bfloat16":
+            if a.dtype != np.uint16:
+                raise ValueError(f"bfloat16 parameter held as {a.dtype}, expected uint16 bits")
+            t = t._create_view(tuple(a.shape), "bfloat16")
+        out.append(t)
+    return out
 
 
 @tvm_ffi.register_global_func("numaplan.runtime.generate", override=True)

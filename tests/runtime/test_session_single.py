@@ -117,3 +117,26 @@ def test_strict_placement_refusal_keeps_its_class(model_dirs, libraries, monkeyp
         assert "worker 0: worker 0" not in str(info.value)
     finally:
         rt.close()
+
+
+def test_bfloat16_parameters_reach_the_vm_as_bfloat16():
+    """The loader holds bf16 as uint16 bits; the VM gets bfloat16 views of the same memory."""
+    import mmap
+
+    from numaplan.runtime.worker import vm_tensors
+
+    m = mmap.mmap(-1, 8192)  # page-aligned, as the loader's memory (DLPack wants 64 B)
+    bits = np.frombuffer(m, dtype=np.uint16)[:6].reshape(2, 3)
+    bits[:] = [[0x3F80, 0x4000, 0xBF80], [0, 0x4040, 0x3F00]]  # 1, 2, -1, 0, 3, 0.5
+    f32 = np.frombuffer(m, dtype=np.float32)[1024:1026]  # the second page
+    f32[:] = [1.5, -2.0]
+    bf, plain = vm_tensors([bits, f32], ["bfloat16", "float32"])
+    assert str(bf.dtype) == "bfloat16" and tuple(bf.shape) == (2, 3)
+    assert str(plain.dtype) == "float32"
+    # Same memory, no copy: the bits read back through the view are the loader's.
+    np.testing.assert_array_equal(np.asarray(bf.numpy()).view(np.uint16), bits)
+    bits[0, 0] = 0x4080  # 4.0
+    assert int(np.asarray(bf.numpy()).view(np.uint16)[0, 0]) == 0x4080
+    with pytest.raises(ValueError, match="expected uint16 bits"):
+        vm_tensors([f32], ["bfloat16"])
+    del bf, plain, bits, f32
