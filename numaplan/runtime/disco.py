@@ -23,6 +23,14 @@ def import_disco() -> ModuleType:
     import tvm  # noqa: F401  (loads the runtime libraries first)
     import tvm_ffi
 
+    if tvm_ffi.get_global_func("runtime.disco.WorkerProcess", allow_missing=True) is None:
+        # Runtime-only TVM (TVM_USE_RUNTIME_LIB=1, as numaplan's workers run) does not load
+        # libtvm_runtime_extra, where Disco lives.
+        from tvm import libinfo
+        from tvm_ffi.libinfo import load_lib_ctypes
+
+        load_lib_ctypes("tvm", "tvm_runtime_extra", "RTLD_GLOBAL",
+                        extra_lib_paths=libinfo.package_lib_paths())
     mod = sys.modules.get("tvm.runtime.disco")
     if mod is None or not hasattr(mod, "ProcessSession"):
         tvm_ffi.init_ffi_api("runtime.disco", "tvm.runtime.disco._ffi_api")

@@ -9,6 +9,7 @@ controller, which imports the same module.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -18,6 +19,11 @@ def main(argv: list[str]) -> int:
         print("usage: python -m numaplan.runtime.disco_worker <worker_id> <num_workers> "
               "<num_groups> <read_fd> <write_fd>", file=sys.stderr)
         return 2
+    # A worker runs compiled code only: TVM's runtime library, not the compiler (libtvm_compiler
+    # is ~260 MB with LLVM inside, and its Python packages, relax among them, come with it).
+    # This halves a worker's start on a host and cuts it several-fold under emulation. A user's
+    # explicit TVM_USE_RUNTIME_LIB wins.
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     from numaplan.runtime.disco import import_disco
 
     import_disco()
