@@ -342,6 +342,7 @@ class NumaRuntime:
         sess, self._sess = self._sess, None
         if sess is not None and self._dead is None:
             _release_workers(sess)
+            self._inflight.clear()  # free the handles while the workers can still answer
             # No sess.shutdown(): TVM's destructor shuts the workers down again, into pipes
             # that are then closed, and aborts the process. Dropping the last reference (the
             # module handle holds one) shuts them down exactly once.
@@ -467,20 +468,29 @@ class NumaRuntime:
             doc = json.loads(str(self._guard(lambda i=i: ref.debug_get_from_remote(i))))
             if "error" in doc:
                 if self._wait_for_death(0.5):
-                    raise self._died()
-                if doc.get("kind") == "user":
-                    # The worker's own error class (PlacementError for strict placement...),
-                    # so that callers can tell them apart across the process boundary.
-                    msg = str(doc["error"])
-                    if not msg.startswith(f"worker {i}:"):
-                        msg = f"worker {i}: {msg}"
-                    raise _error_class(doc.get("type"))(msg)
-                log.debug("worker %d traceback:\n%s", i, doc.get("trace", ""))
-                raise NumaplanError(f"worker {i} failed during {self._phase}: "
-                                    f"{doc.get('type')}: {doc['error']}")
+                    raise self._died()  # (every handle is kept: freeing one now aborts)
+                # The workers are alive: free the call's handles now. The error's traceback
+                # would otherwise hold this one past close(), and its destructor would then
+                # write into the closed pipes, which makes TVM abort the process.
+                del ref
+                self._inflight.clear()
+                raise self._worker_error(i, doc)
             outs.append(doc["ok"])
         self._inflight.clear()
         return outs
+
+    def _worker_error(self, i: int, doc: dict[str, Any]) -> NumaplanError:
+        """The error a worker reported, as an exception of the controller."""
+        if doc.get("kind") == "user":
+            # The worker's own error class (PlacementError for strict placement...), so that
+            # callers can tell them apart across the process boundary.
+            msg = str(doc["error"])
+            if not msg.startswith(f"worker {i}:"):
+                msg = f"worker {i}: {msg}"
+            return _error_class(doc.get("type"))(msg)
+        log.debug("worker %d traceback:\n%s", i, doc.get("trace", ""))
+        return NumaplanError(f"worker {i} failed during {self._phase}: "
+                             f"{doc.get('type')}: {doc['error']}")
 
     def _guard(self, fn: Any) -> Any:
         """Run a Disco call; a dead worker turns any resulting error into WorkerDiedError."""

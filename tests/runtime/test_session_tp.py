@@ -121,3 +121,34 @@ def _state(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, IndexError):
         return None
+
+
+def test_worker_refusal_at_start_exits_cleanly(model_dirs, libraries, tmp_path):
+    """Worker 1 refuses its placement (strict mode, a node this machine lacks): start() raises
+    PlacementError naming worker 1, and the process then exits normally. (TVM aborts a process
+    whose Disco handle outlives the session; the error's traceback used to hold one.)"""
+    import subprocess
+    import sys
+
+    _, lib = libraries("float32", 2)
+    script = tmp_path / "refuse.py"
+    script.write_text(
+        "import sys\n"
+        "from numaplan.errors import PlacementError\n"
+        "from numaplan.runtime.session import NumaRuntime, RunOptions\n"
+        "opts = RunOptions(strict_placement=True, inject_misplacement={1: 7})\n"
+        "rt = NumaRuntime(sys.argv[1], sys.argv[2], options=opts)\n"
+        "try:\n"
+        "    rt.start()\n"
+        "except PlacementError as exc:\n"
+        "    print('refused:', exc, flush=True)\n"
+        "    print('namespace:', rt.namespace, flush=True)\n"
+        "finally:\n"
+        "    rt.close()\n")
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, str(script), str(model_dirs["float32"]), str(lib)],
+                         capture_output=True, text=True, timeout=300, cwd=root)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "refused: worker 1: cannot bind to node 7" in res.stdout
+    ns = res.stdout.split("namespace: ")[1].strip()
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(ns)]
