@@ -5,7 +5,9 @@ source is compiled with the system C compiler, cached under ``$XDG_CACHE_HOME/nu
 a hash of the source, the compiler and its version, the flags and the CPU's feature flags (the
 first choice of flags is ``-O3 -march=native``: the library is built on, and for, the machine
 that runs it), written to a temporary file and renamed so concurrent ranks never load a
-half-written library. When ``-march=native`` is refused the portable ``-O2`` build is used.
+half-written library. When ``-march=native`` is refused the portable ``-O2`` build is used;
+``NUMAPLAN_CCL_PORTABLE=1`` asks for it directly (its cache key leaves the CPU's flags out, so
+one build serves machines of one architecture, e.g. a host and the QEMU guests it prepares).
 
 ctypes releases the GIL for the duration of every foreign call: a rank waiting for its peers
 inside the C code does not hold up the other Python threads of its process.
@@ -139,8 +141,9 @@ def _cpu_flags() -> str:
 def library_path(cc: list[str], flags: tuple[str, ...], cache: Path | None = None) -> Path:
     """Where the library built by ``cc`` with ``flags`` from the current source is cached."""
     h = hashlib.sha256()
+    native = any(f.startswith("-march=native") for f in flags)
     for part in (SOURCE.read_bytes(), _compiler_identity(cc).encode(), " ".join(flags).encode(),
-                 platform.machine().encode(), _cpu_flags().encode()):
+                 platform.machine().encode(), _cpu_flags().encode() if native else b""):
         h.update(part)
         h.update(b"\0")
     return (cache or cache_dir()) / f"ccl-{h.hexdigest()[:16]}.so"
@@ -189,8 +192,10 @@ def compile_library(cc: list[str] | None = None, cache: Path | None = None) -> P
     if not cc:
         raise CclBuildError("no C compiler found (set CC or install gcc)")
     errors = []
+    choices = FLAG_CHOICES[-1:] if os.environ.get("NUMAPLAN_CCL_PORTABLE") == "1" \
+        else FLAG_CHOICES
     with _build_lock:
-        for flags in FLAG_CHOICES:
+        for flags in choices:
             target = library_path(cc, flags, cache)
             if target.exists():
                 return target

@@ -143,7 +143,8 @@ class GuestRun:
                 "--cpus-per-node", str(s.cpus_per_node), "--mem-per-node",
                 str(s.mem_per_node_mib), "--distances", s.distances_arg(),
                 "--timeout", str(self.timeout_s), "--out", str(self.out),
-                "--env", f"PYTHONPATH={_guest_pythonpath()}", "--",
+                "--env", f"PYTHONPATH={_guest_pythonpath()}",
+                "--env", "NUMAPLAN_CCL_PORTABLE=1", "--",
                 sys.executable, "-m", "tests.qemu.guest_checks", "all",
                 "--model", str(self.model), "--out", str(self.out), "--tp", str(s.tp),
                 "--misplace-tp", str(s.misplace_tp),
@@ -288,6 +289,14 @@ def guests(request, qemu_model, tmp_path_factory):
     base = Path(keep).resolve() if keep else tmp_path_factory.mktemp("qemu-guests")
     timeout = float(os.environ.get("NUMAPLAN_QEMU_TIMEOUT", "1500"))
     on_host = os.environ.get("NUMAPLAN_QEMU_COMPILE", "host") != "guest"
+    # The collective's C kernel, built here in a second instead of in every guest (a minute of
+    # emulated gcc): the portable build, whose cache key the guests' CPU does not change; the
+    # guests see this cache through their read-only view of the host's file system.
+    from numaplan.runtime.ccl_native import compile_library
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NUMAPLAN_CCL_PORTABLE", "1")  # the guests get it with --env
+        compile_library()
     runs = {}
     for n in wanted:
         out = base / f"guest-{n}n"

@@ -788,3 +788,25 @@ def test_tvm_functions_two_ranks(pool, tmp_path):
     tvm.compile(_relax_module(), target="llvm").export_library(str(lib))
     res = pool.run(job_tvm, make_spec(2), str(lib))
     assert all(r["ok"] and r["calls"] == 1 for r in res), res
+
+
+def test_portable_build_is_keyed_without_the_cpu(monkeypatch, tmp_path):
+    """NUMAPLAN_CCL_PORTABLE=1 builds the -O2 library, whose cache key ignores the CPU's flags
+    (a host can build it for its QEMU guests); the -march=native key does not."""
+    from numaplan.osnuma.kernels import find_compiler
+    from numaplan.runtime import ccl_native
+
+    cc = find_compiler()
+    if cc is None:
+        pytest.skip("no C compiler")
+    native, portable = ccl_native.FLAG_CHOICES
+    keys = {}
+    for cpu in ("fpu sse2 avx2", "fpu sse2"):
+        monkeypatch.setattr(ccl_native, "_cpu_flags", lambda cpu=cpu: cpu)
+        keys[cpu] = (ccl_native.library_path(cc, native, tmp_path),
+                     ccl_native.library_path(cc, portable, tmp_path))
+    (n1, p1), (n2, p2) = keys.values()
+    assert n1 != n2 and p1 == p2
+    monkeypatch.setenv("NUMAPLAN_CCL_PORTABLE", "1")
+    assert ccl_native.compile_library(cache=tmp_path) == p1 and p1.is_file()
+    assert not n1.exists() and not n2.exists()
