@@ -46,7 +46,9 @@ class GuestSpec:
     ``tp`` (= nodes, one worker per node) is checked for placement and tokens, as is W=1;
     the fault-injection sessions use ``misplace_tp`` workers: every session starts W-1 worker
     processes that each import TVM (~30-100 s under TCG), so W=2 keeps the 4-node guest's
-    two extra sessions at one worker process each instead of three.
+    two extra sessions at one worker process each instead of three. ``shared_tp`` (0: none)
+    runs W workers with several per node, which share one copy of the replicated tensors per
+    node (one guest is enough: the 2-node one, whose run is shorter).
     """
 
     nodes: int
@@ -54,6 +56,7 @@ class GuestSpec:
     mem_per_node_mib: int
     distances: tuple[tuple[int, ...], ...]
     misplace_tp: int = 2
+    shared_tp: int = 0
 
     @property
     def tp(self) -> int:
@@ -72,7 +75,7 @@ class GuestSpec:
 
 #: Two sockets (SLIT 21); two sockets of two sub-NUMA clusters (16 inside a pair, 32 across).
 GUESTS = {
-    2: GuestSpec(2, 1, 768, ((10, 21), (21, 10))),
+    2: GuestSpec(2, 1, 768, ((10, 21), (21, 10)), shared_tp=4),
     4: GuestSpec(4, 1, 768, ((10, 16, 32, 32), (16, 10, 32, 32), (32, 32, 10, 16),
                              (32, 32, 16, 10))),
 }
@@ -147,7 +150,7 @@ class GuestRun:
                 "--env", "NUMAPLAN_CCL_PORTABLE=1", "--",
                 sys.executable, "-m", "tests.qemu.guest_checks", "all",
                 "--model", str(self.model), "--out", str(self.out), "--tp", str(s.tp),
-                "--misplace-tp", str(s.misplace_tp),
+                "--misplace-tp", str(s.misplace_tp), "--shared-tp", str(s.shared_tp),
                 "--prompt-ids", ",".join(map(str, PROMPT)),
                 "--max-new-tokens", str(MAX_NEW_TOKENS)]
         if self.compile_on_host:
@@ -176,8 +179,9 @@ class GuestRun:
             req = json.loads(request.read_text())
             for w in req["degrees"]:
                 t0 = time.monotonic()
+                over = ["--oversubscribe"] if w in req.get("oversubscribe", []) else []
                 p = subprocess.run([*_numaplan(), "compile", req["model"], "-o",
-                                    str(self.out / f"tp{w}"), "--tp", str(w),
+                                    str(self.out / f"tp{w}"), "--tp", str(w), *over,
                                     "--topology", req["topology"], "--target", GUEST_TARGET],
                                    cwd=ROOT, capture_output=True, text=True, timeout=600)
                 runs[str(w)] = {"rc": p.returncode, "stdout": p.stdout,

@@ -37,6 +37,9 @@ session):
     which workers importing TVM under TCG exceed.
 ``tp1``
     The ``--tp 1`` library, run like ``tp``.
+``shared``
+    The ``--shared-tp`` library (compiled with ``--oversubscribe``: several workers per node),
+    run like ``tp``: one copy of the replicated tensors per node, shared by its workers.
 ``misplaced``
     ``RunOptions(inject_misplacement={1: node})`` with the ``--misplace-tp`` library (default
     W=2: each session starts W-1 worker processes that import TVM, ~40 s each under TCG):
@@ -239,7 +242,11 @@ def cmd_all(args: argparse.Namespace) -> int:
     """The ``all`` subcommand: every step, in order, into ``OUT/results.json``."""
     out = Path(args.out).resolve()
     model = Path(args.model).resolve()
-    degrees = sorted({w for w in (args.tp, args.misplace_tp, 1) if w >= 1}, reverse=True)
+    degrees = sorted({w for w in (args.tp, args.misplace_tp, args.shared_tp, 1) if w >= 1},
+                     reverse=True)
+    # W = shared_tp puts several workers on a node: on one vCPU per node that needs
+    # --oversubscribe (correctness, not speed, is checked).
+    oversubscribe = [args.shared_tp] if args.shared_tp else []
     rec = Recorder(out / RESULTS, {"tp": args.tp, "model_dir": str(model),
                                    "compile_on_host": args.compile_on_host,
                                    "kernel": kernel_view()})
@@ -275,7 +282,9 @@ def cmd_all(args: argparse.Namespace) -> int:
         for w in degrees:
             t0 = time.monotonic()
             res = run_process([*numaplan_command(), "compile", str(model), "-o",
-                               str(out / f"tp{w}"), "--tp", str(w)], args.step_timeout)
+                               str(out / f"tp{w}"), "--tp", str(w),
+                               *(["--oversubscribe"] if w in oversubscribe else [])],
+                              args.step_timeout)
             runs[str(w)] = {k: res[k] for k in ("rc", "timeout", "stdout", "stderr")}
             runs[str(w)]["seconds"] = round(time.monotonic() - t0, 2)
         return {"where": "guest", "runs": runs, "plans": plans(runs)}
@@ -299,7 +308,8 @@ def cmd_all(args: argparse.Namespace) -> int:
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.qemu.guest_checks", "runtime", "--model", str(model),
          "--out", str(out), "--tp", str(args.tp), "--misplace-tp", str(args.misplace_tp),
-         "--prompt-ids", args.prompt_ids, "--max-new-tokens", str(args.max_new_tokens),
+         "--shared-tp", str(args.shared_tp), "--prompt-ids", args.prompt_ids,
+         "--max-new-tokens", str(args.max_new_tokens),
          "--wait-for", str(go), "--wait-timeout", str(args.step_timeout)])  # output streamed
     try:
         topo = rec.step("topology", topology)
@@ -307,7 +317,8 @@ def cmd_all(args: argparse.Namespace) -> int:
             tmp = out / (COMPILE_REQUEST + ".tmp")  # the host polls: never half a file
             tmp.write_text(json.dumps({"model": str(model),
                                        "topology": str(out / "topology.json"),
-                                       "degrees": degrees}) + "\n")
+                                       "degrees": degrees,
+                                       "oversubscribe": oversubscribe}) + "\n")
             os.replace(tmp, out / COMPILE_REQUEST)
         rec.step("probe", probe)
         prepared = rec.step("prepare", prepare)
@@ -380,6 +391,8 @@ def cmd_runtime(args: argparse.Namespace) -> int:
     rec.step("tp", generate(args.tp))
     if args.tp != 1:
         rec.step("tp1", generate(1))
+    if args.shared_tp:
+        rec.step("shared", generate(args.shared_tp))
     if args.misplace_tp >= 2:
         mtp = args.misplace_tp
         planned = {w.worker_id: w.node_id for w in read_plan(out / f"tp{mtp}").workers}
@@ -437,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--tp", type=int, required=True)
         s.add_argument("--misplace-tp", type=int, default=2,
                        help="W of the fault-injection sessions (0: none)")
+        s.add_argument("--shared-tp", type=int, default=0,
+                       help="W of a session with several workers per node, which share one "
+                            "copy of the replicated tensors per node (0: none)")
         s.add_argument("--prompt-ids", default="1,2,3,4")
         s.add_argument("--max-new-tokens", type=int, default=6)
         if name == "runtime":

@@ -124,3 +124,35 @@ def test_injected_misplacement_is_reported_and_refused(guests, nodes):
     strict = run.step("strict", runtime=True)
     assert strict["raised"] == "PlacementError", strict
     assert strict["is_placement_error"] is True
+
+
+SHARED = pytest.mark.parametrize("nodes", sorted(n for n, g in GUESTS.items() if g.shared_tp),
+                                 ids=lambda n: f"{n}node")
+
+
+@SHARED
+def test_workers_of_a_node_share_one_copy_on_it(guests, qemu_model, nodes):
+    """Several workers per node (W = shared_tp): the lowest worker of each node writes the
+    replicated tensors once, into shared memory bound to that node; the others map it. Every
+    worker's bytes, the shared copy included, audited on its planned node; tokens unchanged."""
+    spec, run = GUESTS[nodes], guests[nodes]
+    doc = run.step("shared", runtime=True)["doc"]
+    assert doc["tokens"] == qemu_model[1], "tokens differ from the single-process reference"
+    stats = doc["stats"]
+    planned = {w["worker_id"]: w for w in run.step("compile")["plans"][str(spec.shared_tp)]}
+    assert len(stats["workers"]) == spec.shared_tp
+    by_node: dict[int, list[dict]] = {}
+    for w in stats["workers"]:
+        assert w["node_id"] == planned[w["worker_id"]]["node_id"]
+        assert w["threads_on_planned_cpus"] is True, w
+        assert w["weight_bytes"] > 0
+        assert w["weight_bytes_on_planned_node"] == w["weight_bytes"], w
+        assert w["weight_bytes_loaded"] + w["weight_bytes_shared_mapped"] == w["weight_bytes"]
+        by_node.setdefault(w["node_id"], []).append(w)
+    assert sorted(by_node) == list(range(nodes))
+    for node, ws in by_node.items():
+        assert len(ws) >= 2, f"node {node}: one worker, nothing to share"
+        owner = min(ws, key=lambda w: w["worker_id"])
+        assert owner["weight_bytes_shared_mapped"] == 0, owner
+        mapped = {w["weight_bytes_shared_mapped"] for w in ws if w is not owner}
+        assert len(mapped) == 1 and mapped.pop() > 0, ws
