@@ -83,6 +83,8 @@ HELP.update({
     "force": "run a stale plan (model or machine fingerprints differ)",
     "strict_placement": "refuse to run when any weight byte is off its planned node",
     "allow_fallback": "continue when the kernel refuses a placement (records the degradation)",
+    "no_share_replicated": "give every worker its own copy of the replicated tensors (default: "
+                           "the workers reading from one node share one copy in /dev/shm)",
     "max_seq_len": "KV-cache rows (default: the model's context window)",
 })
 

@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict-placement", action="store_true", help=HELP["strict_placement"])
     p.add_argument("--allow-fallback", action="store_true", help=HELP["allow_fallback"])
     p.add_argument("--max-seq-len", type=int, metavar="N", help=HELP["max_seq_len"])
+    p.add_argument("--no-share-replicated", action="store_true",
+                   help=HELP["no_share_replicated"])
     p.set_defaults(run=run)
 
 
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     ids = _ids(args.prompt_ids)
     opts = RunOptions(force=args.force, strict_placement=args.strict_placement,
-                      allow_fallback=args.allow_fallback, max_seq_len=args.max_seq_len)
+                      allow_fallback=args.allow_fallback, max_seq_len=args.max_seq_len,
+                      share_replicated=not args.no_share_replicated)
     with NumaRuntime(args.model_dir, args.lib, plan_path=args.plan, options=opts) as rt:
         for w in rt.warnings:
             print(f"numaplan run: warning: {w} (--force)", file=sys.stderr)

@@ -30,6 +30,7 @@ from numaplan.model import Workload
 from numaplan.osnuma import NodeBuffer, audit_range, bind_range
 from numaplan.plan.schema import Plan
 from numaplan.runtime.shared_weights import (
+    TAIL_SLACK,
     SharedPiece,
     SharedSegment,
     copy_groups,
@@ -269,7 +270,7 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
                     bind=bind, bind_override=bind_override, allow_fallback=allow_fallback))
         # Transparent huge pages: 512x fewer first-touch faults for the weights (the arena is
         # bound before it is touched, so huge pages too land on the planned node).
-        arena = NodeBuffer(size, huge_pages=size >= (8 << 20))
+        arena = NodeBuffer(size + TAIL_SLACK, huge_pages=size >= (8 << 20))
         memory.arena = arena
         for p in pieces if bind else ():
             if bind_override is not None:

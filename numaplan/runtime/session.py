@@ -77,6 +77,9 @@ class RunOptions(Frozen):
         How long a rank waits for a peer inside a collective before it reports it missing.
     max_seq_len
         KV-cache rows (default: the model's context window).
+    share_replicated
+        Workers that read a replicated tensor from the same node share one copy of it in
+        ``/dev/shm`` (the plan budgets one copy per node). Off: every worker holds its own.
     """
 
     enforce_placement: bool = True
@@ -85,6 +88,7 @@ class RunOptions(Frozen):
     force: bool = False
     collective_timeout_s: float = 30.0
     max_seq_len: int | None = None
+    share_replicated: bool = True
     watchdog_interval_s: float = 0.1
     #: Fault injection for tests of the audit: ``{worker_id: node_id}`` binds that worker's
     #: weights to the wrong node while the audit still checks them against the plan.
@@ -310,6 +314,7 @@ class NumaRuntime:
                                "enforce_placement": self.options.enforce_placement,
                                "strict_placement": self.options.strict_placement,
                                "allow_fallback": self.options.allow_fallback,
+                               "share_replicated": self.options.share_replicated,
                                "collective_timeout_s": self.options.collective_timeout_s,
                                "inject_delay_s": dict(self.options.inject_delay_s),
                                "inject_misplacement": {str(k): v for k, v in

@@ -41,6 +41,12 @@ from numaplan.plan.schema import Plan
 
 SHM_DIR = Path("/dev/shm")
 PAGE = 4096
+#: Readable bytes kept after the last weight of an arena or a shared segment. Compiled kernels
+#: may load a few elements past the end of a weight in an unrolled loop (and discard them):
+#: harmless in heap memory, where TVM's own allocator puts weights, but a fault when the weight
+#: ends exactly at the end of an mmap'd region (seen in the QEMU tier: the last down_proj piece
+#: of an arena, read 4 bytes past its end by the row-parallel matmul).
+TAIL_SLACK = PAGE
 
 
 class SharedPiece(Frozen):
@@ -113,7 +119,7 @@ def copy_groups(workload: Workload, plan: Plan, names: Sequence[str]) -> list[Co
             layout.setdefault(key, []).append(
                 SharedPiece(name=name, offset=off, mem_nbytes=nbytes, homes=homes))
             sizes[key] = off + _align(nbytes)
-    return [CopyGroup(index=i, members=key, pieces=tuple(pieces), size=sizes[key])
+    return [CopyGroup(index=i, members=key, pieces=tuple(pieces), size=sizes[key] + TAIL_SLACK)
             for i, (key, pieces) in enumerate(layout.items())]
 
 

@@ -187,7 +187,8 @@ def load_params(model_dir: str, names_json: str) -> dict[str, Any]:
         bind_override=None if wrong is None else int(wrong),
         bind=bool(st.spec.get("enforce_placement", True)),
         shared=SharedCopies(namespace=st.spec["namespace"],
-                            timeout_s=float(st.spec.get("collective_timeout_s", 30.0))))
+                            timeout_s=float(st.spec.get("collective_timeout_s", 30.0)))
+        if st.spec.get("share_replicated", True) else None)
     check_placement(report, strict=bool(st.spec.get("strict_placement")))
     st.arena, st.load_report = arena, report
     # Zero-copy: the VM reads the memory the workers filled on the planned nodes.

@@ -138,3 +138,43 @@ def test_copy_groups_follow_the_homes(tmp_path):
             nodes = {plan.workers[w].node_id for w in g.members}
             assert len(nodes) == 1
             assert all(h[0] in nodes for p in g.pieces for h in p.homes)
+
+
+def test_weights_end_before_the_end_of_their_mapping(model_dirs, this_machine):
+    """Kernels may load a few elements past a weight's end (unrolled loops); the last weight of
+    an arena or a shared segment must still have readable memory after it (a fault in the QEMU
+    tier before this slack existed)."""
+    import secrets
+    import threading
+
+    from numaplan.runtime.loader import SharedCopies
+    from numaplan.runtime.shared_weights import TAIL_SLACK
+
+    d = model_dirs["float32"]
+    wl = load_workload(d)
+    plan = make_plan(wl, this_machine, cost_from_slit(this_machine),
+                     PlanOptions(tensor_parallel_shards=2), model_name="m")[0]
+    names = [t.name for t in plan.tensors]
+    shared = SharedCopies(namespace=f"numaplan-test-{secrets.token_hex(4)}", timeout_s=30)
+    res = {}
+    threads = [threading.Thread(target=lambda w=w: res.__setitem__(
+        w, load_worker_params(d, wl, plan, w, names, shared=shared))) for w in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for w in (0, 1):
+        mem, arrays, _ = res[w]
+        regions = [(mem.arena.address, mem.arena.nbytes)] + \
+            [(s.address, s.array().nbytes) for s in mem.segments]
+        assert len(regions) == 2
+        for start, size in regions:
+            inside = [a for a in arrays if start <= a.ctypes.data < start + size]
+            assert inside
+            end = max(a.ctypes.data + a.nbytes for a in inside)
+            assert start + size - end >= TAIL_SLACK
+        del arrays, inside
+    res.clear()
+    from numaplan.runtime.shared_weights import cleanup_weight_segments
+
+    cleanup_weight_segments(shared.namespace)

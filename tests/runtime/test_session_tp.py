@@ -152,3 +152,14 @@ def test_worker_refusal_at_start_exits_cleanly(model_dirs, libraries, tmp_path):
     assert "refused: worker 1: cannot bind to node 7" in res.stdout
     ns = res.stdout.split("namespace: ")[1].strip()
     assert not [f for f in os.listdir("/dev/shm") if f.startswith(ns)]
+
+
+def test_replicated_copies_private_when_asked(model_dirs, libraries):
+    """share_replicated=False: every worker loads its own copy (nothing mapped, nothing left in
+    /dev/shm); the tokens do not change."""
+    d = model_dirs["float32"]
+    ref, _ = _run(d, libraries("float32", 1)[1])
+    res, stats = _run(d, libraries("float32", 2)[1], share_replicated=False)
+    assert res.tokens == ref.tokens
+    assert all(w.weight_bytes_shared_mapped == 0 for w in stats.workers)
+    assert all(w.weight_bytes_loaded == w.weight_bytes for w in stats.workers)
