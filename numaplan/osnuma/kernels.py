@@ -1,10 +1,8 @@
 """Memory-measurement kernels: a tiny C library when a compiler exists, numpy otherwise.
 
 The C source (``kernels.c`` next to this file) is compiled at first use with the system compiler
-(``$CC``, else ``cc``, ``gcc`` or ``clang``) as ``-O2 -shared -fPIC`` and cached under
-``$XDG_CACHE_HOME/numaplan`` (default ``~/.cache/numaplan``), keyed by a hash of the source, the
-compiler and its version, so an edit or a new compiler rebuilds it. The build writes a temporary
-file and renames it, so concurrent processes never load a half-written library.
+as ``-O2 -shared -fPIC`` and cached (:mod:`numaplan._cbuild`: keyed by the source, the compiler
+and its version, so an edit or a new compiler rebuilds it; written atomically).
 
 ctypes releases the GIL for the duration of a foreign call, so pinned threads run the C loops in
 parallel. The numpy fallback streams with ``np.add.reduce`` (ufunc loops release the GIL too) and
@@ -15,20 +13,13 @@ memory latency: its figure is an **upper bound**, and says so.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import tempfile
-import threading
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from numaplan._cbuild import compile_cached, find_compiler
 from numaplan.errors import NumaplanError
 
 log = logging.getLogger(__name__)
@@ -158,55 +149,9 @@ class CKernels(MemoryKernels):
 
 
 # -- building -------------------------------------------------------------------------------------
-def find_compiler() -> list[str] | None:
-    """The C compiler command: ``$CC`` (split like a shell would), else the first of ``cc``,
-    ``gcc``, ``clang`` on ``PATH``; ``None`` when there is none."""
-    env = os.environ.get("CC", "").strip()
-    if env:
-        argv = shlex.split(env)
-        return argv if shutil.which(argv[0]) else None
-    for name in ("cc", "gcc", "clang"):
-        path = shutil.which(name)
-        if path:
-            return [path]
-    return None
-
-
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/numaplan`` or ``~/.cache/numaplan``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "numaplan"
-
-
-_version_cache: dict[tuple[str, ...], str] = {}
-
-
-def _compiler_identity(cc: list[str]) -> str:
-    key = tuple(cc)
-    if key not in _version_cache:
-        try:
-            out = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30)
-            _version_cache[key] = out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            _version_cache[key] = ""
-    return " ".join(cc) + "\n" + _version_cache[key]
-
-
-def library_path(cc: list[str], cache: Path | None = None) -> Path:
-    """Where the library built by ``cc`` from the current source is cached."""
-    h = hashlib.sha256()
-    for part in (KERNEL_SOURCE.read_bytes(), _compiler_identity(cc).encode(),
-                 " ".join(CFLAGS).encode(), platform.machine().encode()):
-        h.update(part)
-        h.update(b"\0")
-    return (cache or cache_dir()) / f"kernels-{h.hexdigest()[:16]}.so"
-
-
-_build_lock = threading.Lock()
-
-
 def compile_kernels(cc: list[str] | None = None, cache: Path | None = None) -> Path:
-    """Build ``kernels.c`` (or reuse the cached build) and return the library path.
+    """Build ``kernels.c`` (or reuse the cached build, see :mod:`numaplan._cbuild`) and return
+    the library path.
 
     Raises
     ------
@@ -216,36 +161,8 @@ def compile_kernels(cc: list[str] | None = None, cache: Path | None = None) -> P
     cc = cc or find_compiler()
     if not cc:
         raise KernelBuildError("no C compiler found (set CC or install gcc)")
-    target = library_path(cc, cache)
-    with _build_lock:
-        if target.exists():
-            return target
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            directory = target.parent
-        except OSError:
-            directory = Path(tempfile.gettempdir()) / f"numaplan-{os.getuid()}"
-            directory.mkdir(exist_ok=True)
-            target = directory / target.name
-            if target.exists():
-                return target
-        fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".so", dir=directory)
-        os.close(fd)
-        try:
-            proc = subprocess.run([*cc, *CFLAGS, "-o", tmp, str(KERNEL_SOURCE)],
-                                  capture_output=True, text=True, timeout=120)
-            if proc.returncode != 0:
-                raise KernelBuildError(f"compiling {KERNEL_SOURCE.name} with {' '.join(cc)} "
-                                       f"failed: {proc.stderr.strip()[:400]}")
-            os.replace(tmp, target)  # atomic: other processes see no file or a whole one
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise KernelBuildError(f"cannot compile {KERNEL_SOURCE.name} with "
-                                   f"{' '.join(cc)}: {exc}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    log.info("compiled measurement kernels into %s", target)
-    return target
+    return compile_cached(KERNEL_SOURCE, "kernels", (CFLAGS,), cc=cc, cache=cache,
+                          error=KernelBuildError)
 
 
 _loaded: dict[Path, CKernels] = {}

@@ -1,13 +1,11 @@
 """The collective's C kernel (``ccl_kernels.c``): build at first use, bind through ctypes.
 
-Built like :mod:`numaplan.osnuma.kernels` (same compiler discovery and cache directory): the
-source is compiled with the system C compiler, cached under ``$XDG_CACHE_HOME/numaplan`` keyed by
-a hash of the source, the compiler and its version, the flags and the CPU's feature flags (the
-first choice of flags is ``-O3 -march=native``: the library is built on, and for, the machine
-that runs it), written to a temporary file and renamed so concurrent ranks never load a
-half-written library. When ``-march=native`` is refused the portable ``-O2`` build is used;
-``NUMAPLAN_CCL_PORTABLE=1`` asks for it directly (its cache key leaves the CPU's flags out, so
-one build serves machines of one architecture, e.g. a host and the QEMU guests it prepares).
+Built and cached by :mod:`numaplan._cbuild`, like the measurement kernels: the first choice of
+flags is ``-O3 -march=native`` (the library is built on, and for, the machine that runs it, and
+its cache key includes the CPU's feature flags); when that is refused the portable ``-O2`` build
+is used; ``NUMAPLAN_CCL_PORTABLE=1`` asks for it directly (its cache key leaves the CPU's flags
+out, so one build serves machines of one architecture, e.g. a host and the QEMU guests it
+prepares).
 
 ctypes releases the GIL for the duration of every foreign call: a rank waiting for its peers
 inside the C code does not hold up the other Python threads of its process.
@@ -16,17 +14,14 @@ inside the C code does not hold up the other Python threads of its process.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import platform
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
+from numaplan import _cbuild
+from numaplan._cbuild import compile_cached, find_compiler
 from numaplan.errors import NumaplanError
-from numaplan.osnuma.kernels import _compiler_identity, cache_dir, find_compiler
 
 log = logging.getLogger(__name__)
 
@@ -128,56 +123,9 @@ class CclLibrary:
         self.process_dead.argtypes, self.process_dead.restype = [_i32], ci
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return ""
-
-
 def library_path(cc: list[str], flags: tuple[str, ...], cache: Path | None = None) -> Path:
     """Where the library built by ``cc`` with ``flags`` from the current source is cached."""
-    h = hashlib.sha256()
-    native = any(f.startswith("-march=native") for f in flags)
-    for part in (SOURCE.read_bytes(), _compiler_identity(cc).encode(), " ".join(flags).encode(),
-                 platform.machine().encode(), _cpu_flags().encode() if native else b""):
-        h.update(part)
-        h.update(b"\0")
-    return (cache or cache_dir()) / f"ccl-{h.hexdigest()[:16]}.so"
-
-
-_build_lock = threading.Lock()
-
-
-def _build(cc: list[str], flags: tuple[str, ...], target: Path) -> Path:
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        directory = target.parent
-    except OSError:
-        directory = Path(tempfile.gettempdir()) / f"numaplan-{os.getuid()}"
-        directory.mkdir(exist_ok=True)
-        target = directory / target.name
-        if target.exists():
-            return target
-    fd, tmp = tempfile.mkstemp(prefix=".ccl-", suffix=".so", dir=directory)
-    os.close(fd)
-    try:
-        proc = subprocess.run([*cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True,
-                              text=True, timeout=120)
-        if proc.returncode != 0:
-            raise CclBuildError(f"compiling {SOURCE.name} with {' '.join(cc)} "
-                                f"{' '.join(flags)} failed: {proc.stderr.strip()[:400]}")
-        os.replace(tmp, target)  # atomic: other processes see no file or a whole one
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise CclBuildError(f"cannot compile {SOURCE.name} with {' '.join(cc)}: {exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    log.info("compiled the collective kernel into %s", target)
-    return target
+    return _cbuild.library_path(SOURCE, "ccl", cc, flags, cache)
 
 
 def compile_library(cc: list[str] | None = None, cache: Path | None = None) -> Path:
@@ -191,19 +139,9 @@ def compile_library(cc: list[str] | None = None, cache: Path | None = None) -> P
     cc = cc or find_compiler()
     if not cc:
         raise CclBuildError("no C compiler found (set CC or install gcc)")
-    errors = []
     choices = FLAG_CHOICES[-1:] if os.environ.get("NUMAPLAN_CCL_PORTABLE") == "1" \
         else FLAG_CHOICES
-    with _build_lock:
-        for flags in choices:
-            target = library_path(cc, flags, cache)
-            if target.exists():
-                return target
-            try:
-                return _build(cc, flags, target)
-            except CclBuildError as exc:
-                errors.append(str(exc))
-    raise CclBuildError("; ".join(errors))
+    return compile_cached(SOURCE, "ccl", choices, cc=cc, cache=cache, error=CclBuildError)
 
 
 _loaded: dict[Path, CclLibrary] = {}

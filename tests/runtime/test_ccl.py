@@ -793,7 +793,8 @@ def test_tvm_functions_two_ranks(pool, tmp_path):
 def test_portable_build_is_keyed_without_the_cpu(monkeypatch, tmp_path):
     """NUMAPLAN_CCL_PORTABLE=1 builds the -O2 library, whose cache key ignores the CPU's flags
     (a host can build it for its QEMU guests); the -march=native key does not."""
-    from numaplan.osnuma.kernels import find_compiler
+    from numaplan import _cbuild
+    from numaplan._cbuild import find_compiler
     from numaplan.runtime import ccl_native
 
     cc = find_compiler()
@@ -802,7 +803,7 @@ def test_portable_build_is_keyed_without_the_cpu(monkeypatch, tmp_path):
     native, portable = ccl_native.FLAG_CHOICES
     keys = {}
     for cpu in ("fpu sse2 avx2", "fpu sse2"):
-        monkeypatch.setattr(ccl_native, "_cpu_flags", lambda cpu=cpu: cpu)
+        monkeypatch.setattr(_cbuild, "cpu_flags", lambda cpu=cpu: cpu)
         keys[cpu] = (ccl_native.library_path(cc, native, tmp_path),
                      ccl_native.library_path(cc, portable, tmp_path))
     (n1, p1), (n2, p2) = keys.values()
