@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.numaplan-installed
 
 # The QEMU multi-node tier (tests/qemu): `make vm` once (QEMU and a guest kernel, Debian
-# packages; apt-get needs root), then `make test` runs it (~6 min more). NUMAPLAN_QEMU=1 makes a
+# packages; apt-get needs root), then `make test` runs it (~3 min more). NUMAPLAN_QEMU=1 makes a
 # missing QEMU a failure (CI), NUMAPLAN_QEMU=0 skips the tier; unset, it runs when set up.
 NUMAPLAN_QEMU ?=
 export NUMAPLAN_QEMU
