@@ -217,14 +217,21 @@ class Allocator:
         self._engine = engine
 
     def get_allocation_stats(self) -> dict[str, Any]:
-        """``local_percentage`` (weight bytes found on their planned node), per worker."""
+        """``local_percentage`` (weight bytes found on their planned node), per worker.
+
+        ``bytes_total`` counts what every worker reads (a shared copy once per reader);
+        ``bytes_in_memory`` what the weights occupy (a shared copy once).
+        """
         s = self._engine.runtime_stats()
         return {
             "local_percentage": s.weight_local_percentage,
             "bytes_total": sum(w.weight_bytes for w in s.workers),
+            "bytes_in_memory": sum(w.weight_bytes_loaded for w in s.workers),
             "bytes_on_planned_node": sum(w.weight_bytes_on_planned_node for w in s.workers),
             "workers": [{"worker_id": w.worker_id, "node_id": w.node_id,
                          "mem_node_id": w.mem_node_id, "bytes": w.weight_bytes,
+                         "bytes_loaded": w.weight_bytes_loaded,
+                         "bytes_shared_mapped": w.weight_bytes_shared_mapped,
                          "bytes_on_planned_node": w.weight_bytes_on_planned_node,
                          "load_s": w.load_s} for w in s.workers],
         }

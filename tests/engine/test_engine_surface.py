@@ -64,6 +64,9 @@ def test_engine_generate_stats_and_cache(model_dir, tmp_path, caplog):
         assert comm["calls"] == measured.collective_calls > 0
         assert alloc["local_percentage"] == measured.weight_local_percentage == 100.0
         assert alloc["bytes_total"] == sum(w.weight_bytes for w in measured.workers) > 0
+        # One node: the replicated tensors are in memory once, read by both workers.
+        shared = sum(w.weight_bytes_shared_mapped for w in measured.workers)
+        assert shared > 0 and alloc["bytes_in_memory"] == alloc["bytes_total"] - shared
         p = engine.optimize_tensor_placement("model.layers.1.mlp.down_proj.weight",
                                              [256, 688], 1)
         assert p["worker_id"] == 1 and p["split_dim"] == 1 and p["piece_shape"] == [256, 344]
