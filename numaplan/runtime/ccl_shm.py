@@ -27,14 +27,12 @@ holds for every process that maps it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import logging
 import mmap
 import os
 import re
 import struct
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +42,7 @@ from numaplan.errors import NumaplanError, PlacementError
 from numaplan.osnuma.audit import PageAudit, audit_range
 from numaplan.osnuma.mempolicy import PlacementOutcome, bind_range
 from numaplan.osnuma.system import PAGE_SIZE
+from numaplan.runtime.shm import mapping_address, open_when_published
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +164,6 @@ class SegmentError(NumaplanError):
     """A shared-memory segment cannot be created, found or used."""
 
 
-def _address(mm: mmap.mmap) -> int:
-    anchor = ctypes.c_char.from_buffer(mm)
-    try:
-        return ctypes.addressof(anchor)
-    finally:
-        del anchor
-
-
 class Segment:
     """One node's segment, mapped into this process.
 
@@ -194,7 +185,7 @@ class Segment:
         self.path = path
         self.layout = layout
         self._mm: mmap.mmap | None = mm
-        self.address = _address(mm)
+        self.address = mapping_address(mm)
         self.size = layout.size
         self.created = created
         self.placement = placement
@@ -225,7 +216,7 @@ class Segment:
             os.ftruncate(fd, size)
             mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
-            address = _address(mm)
+            address = mapping_address(mm)
             try:
                 placement = bind_range(address, size, layout.mem_node,
                                        allow_fallback=allow_fallback)
@@ -281,21 +272,14 @@ class Segment:
         SegmentError
             It did not appear in time, or its size or layout differ from this rank's spec.
         """
-        deadline = time.monotonic() + timeout_s
-        delay = 0.0005
-        while True:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-                break
-            except FileNotFoundError:
-                if time.monotonic() > deadline:
-                    raise SegmentError(
-                        f"rank {creator_rank} did not create shared-memory segment {path} "
-                        f"within {timeout_s:g} s (not started, or died)") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.02)
-            except OSError as exc:
-                raise SegmentError(f"cannot open segment {path}: {exc.strerror}") from None
+        try:
+            fd = open_when_published(path, timeout_s)
+        except FileNotFoundError:
+            raise SegmentError(
+                f"rank {creator_rank} did not create shared-memory segment {path} "
+                f"within {timeout_s:g} s (not started, or died)") from None
+        except OSError as exc:
+            raise SegmentError(f"cannot open segment {path}: {exc.strerror}") from None
         try:
             got = os.fstat(fd).st_size
             if got != layout.size:

@@ -23,11 +23,9 @@ mapping are audited with ``move_pages`` like private ones.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import mmap
 import os
 import re
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from numaplan.errors import PlacementError
 from numaplan.model import Workload
 from numaplan.osnuma import bind_range
 from numaplan.plan.schema import Plan
+from numaplan.runtime.shm import mapping_address, open_when_published
 
 SHM_DIR = Path("/dev/shm")
 PAGE = 4096
@@ -154,9 +153,7 @@ class SharedSegment:
         self.path = path
         self._mm: mmap.mmap | None = mm
         self.created = created
-        anchor = ctypes.c_char.from_buffer(mm)
-        self.address = ctypes.addressof(anchor)
-        del anchor
+        self.address = mapping_address(mm)
 
     def array(self) -> np.ndarray:
         """A writable byte view of the whole segment."""
@@ -255,19 +252,15 @@ def open_segment(path: Path, group: CopyGroup, timeout_s: float) -> SharedSegmen
     PlacementError
         It did not appear in time, or its size differs from the layout.
     """
-    deadline = time.monotonic() + timeout_s
-    delay = 0.0005
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            break
-        except FileNotFoundError:
-            if time.monotonic() > deadline:
-                raise PlacementError(
-                    f"shared weight segment {path} did not appear within {timeout_s:g} s "
-                    f"(worker {group.owner} creates it)") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+    try:
+        fd = open_when_published(path, timeout_s, max_delay_s=0.05)
+    except FileNotFoundError:
+        raise PlacementError(
+            f"shared weight segment {path} did not appear within {timeout_s:g} s "
+            f"(worker {group.owner} creates it)") from None
+    except OSError as exc:
+        raise PlacementError(f"cannot open shared weight segment {path}: {exc.strerror}"
+                             ) from None
     try:
         size = os.fstat(fd).st_size
         if size != group.size:

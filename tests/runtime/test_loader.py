@@ -39,42 +39,57 @@ def test_every_worker_gets_mlc_shards(model_dirs, this_machine, dtype, W):
         arena.close()
 
 
-def test_replicated_tensors_are_shared_once_per_home(model_dirs, this_machine):
-    """W=2 on one node: worker 0 writes the replicated tensors once into a shared segment,
-    worker 1 maps the same memory (a write through one is seen through the other), reads only
-    its split pieces from the files, and both audit 100% on node 0; the names can be unlinked
-    after loading without losing the memory."""
+def _tp2_here(model_dirs, this_machine, timeout_s: float = 30.0):
+    """The float32 example planned for W=2 on this machine, its parameter names, and a fresh
+    namespace for shared copies."""
     import secrets
-    import threading
 
-    from examples.tiny_llama.reference import load_full_weights
     from numaplan.runtime.loader import SharedCopies
-    from numaplan.runtime.shared_weights import SHM_DIR, cleanup_weight_segments, copy_groups
 
     d = model_dirs["float32"]
     wl = load_workload(d)
-    W = 2
     plan = make_plan(wl, this_machine, cost_from_slit(this_machine),
-                     PlanOptions(tensor_parallel_shards=W), model_name="m")[0]
-    names = [t.name for t in plan.tensors]
-    groups = copy_groups(wl, plan, names)
-    repl = [n for n in names if not wl.tensor(n).is_split]
-    assert len(groups) == 1 and groups[0].members == (0, 1)
-    assert [p.name for p in groups[0].pieces] == repl
-    ns = f"numaplan-test-{secrets.token_hex(4)}"
-    shared = SharedCopies(namespace=ns, timeout_s=30)
+                     PlanOptions(tensor_parallel_shards=2), model_name="m")[0]
+    shared = SharedCopies(namespace=f"numaplan-test-{secrets.token_hex(4)}",
+                          timeout_s=timeout_s)
+    return d, wl, plan, [t.name for t in plan.tensors], shared
+
+
+def _load_concurrently(d, wl, plan, names, shared, order) -> dict[int, tuple]:
+    """Every worker of ``order`` loads at once (threads started in that order), as a session's
+    workers do."""
+    import threading
+
     results: dict[int, tuple] = {}
 
     def load(w: int) -> None:
         results[w] = load_worker_params(d, wl, plan, w, names, shared=shared)
 
-    # Worker 1 starts first: it must wait for worker 0's segment, not fail.
-    threads = [threading.Thread(target=load, args=(w,)) for w in (1, 0)]
+    threads = [threading.Thread(target=load, args=(w,)) for w in order]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert set(results) == {0, 1}
+    assert set(results) == set(order)
+    return results
+
+
+def test_replicated_tensors_are_shared_once_per_home(model_dirs, this_machine):
+    """W=2 on one node: worker 0 writes the replicated tensors once into a shared segment,
+    worker 1 maps the same memory (a write through one is seen through the other), reads only
+    its split pieces from the files, and both audit 100% on node 0; the names can be unlinked
+    after loading without losing the memory."""
+    from examples.tiny_llama.reference import load_full_weights
+    from numaplan.runtime.shared_weights import SHM_DIR, cleanup_weight_segments, copy_groups
+
+    d, wl, plan, names, shared = _tp2_here(model_dirs, this_machine)
+    W, ns = 2, shared.namespace
+    groups = copy_groups(wl, plan, names)
+    repl = [n for n in names if not wl.tensor(n).is_split]
+    assert len(groups) == 1 and groups[0].members == (0, 1)
+    assert [p.name for p in groups[0].pieces] == repl
+    # Worker 1 starts first: it must wait for worker 0's segment, not fail.
+    results = _load_concurrently(d, wl, plan, names, shared, (1, 0))
     assert [p.name for p in SHM_DIR.iterdir() if p.name.startswith(ns)] == [f"{ns}-weights0"]
     assert cleanup_weight_segments(ns) == [str(SHM_DIR / f"{ns}-weights0")]
     full = load_full_weights(d)
@@ -104,17 +119,9 @@ def test_replicated_tensors_are_shared_once_per_home(model_dirs, this_machine):
 
 def test_shared_copy_waits_then_names_its_owner(model_dirs, this_machine):
     """A member whose owner never publishes the segment fails with a clear error, in time."""
-    import secrets
-
     from numaplan.errors import PlacementError
-    from numaplan.runtime.loader import SharedCopies
 
-    d = model_dirs["float32"]
-    wl = load_workload(d)
-    plan = make_plan(wl, this_machine, cost_from_slit(this_machine),
-                     PlanOptions(tensor_parallel_shards=2), model_name="m")[0]
-    names = [t.name for t in plan.tensors]
-    shared = SharedCopies(namespace=f"numaplan-test-{secrets.token_hex(4)}", timeout_s=0.3)
+    d, wl, plan, names, shared = _tp2_here(model_dirs, this_machine, timeout_s=0.3)
     with pytest.raises(PlacementError, match=r"did not appear within 0\.3 s \(worker 0 "):
         load_worker_params(d, wl, plan, 1, names, shared=shared)
 
@@ -144,25 +151,10 @@ def test_weights_end_before_the_end_of_their_mapping(model_dirs, this_machine):
     """Kernels may load a few elements past a weight's end (unrolled loops); the last weight of
     an arena or a shared segment must still have readable memory after it (a fault in the QEMU
     tier before this slack existed)."""
-    import secrets
-    import threading
-
-    from numaplan.runtime.loader import SharedCopies
     from numaplan.runtime.shared_weights import TAIL_SLACK
 
-    d = model_dirs["float32"]
-    wl = load_workload(d)
-    plan = make_plan(wl, this_machine, cost_from_slit(this_machine),
-                     PlanOptions(tensor_parallel_shards=2), model_name="m")[0]
-    names = [t.name for t in plan.tensors]
-    shared = SharedCopies(namespace=f"numaplan-test-{secrets.token_hex(4)}", timeout_s=30)
-    res = {}
-    threads = [threading.Thread(target=lambda w=w: res.__setitem__(
-        w, load_worker_params(d, wl, plan, w, names, shared=shared))) for w in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    d, wl, plan, names, shared = _tp2_here(model_dirs, this_machine)
+    res = _load_concurrently(d, wl, plan, names, shared, (0, 1))
     for w in (0, 1):
         mem, arrays, _ = res[w]
         regions = [(mem.arena.address, mem.arena.nbytes)] + \
