@@ -199,20 +199,26 @@ def _example_model(tmp: Path, size: str = "default") -> Path:
     return build_model_dir(tmp / f"tiny-llama-{size}", size=size, dtype="float32")
 
 
-def bench_load(model_dir: Path) -> dict[str, Any]:
+def load_inputs(model_dir: Path) -> tuple[Any, Any, list[str], list[Path], int]:
+    """What a loading benchmark needs: the model's workload, a one-worker plan for this
+    machine, the parameter names, the shard files and their total size."""
     from numaplan.cost import cost_from_slit
     from numaplan.model import load_workload
     from numaplan.plan import PlanOptions, make_plan
-    from numaplan.runtime.loader import load_worker_params
     from numaplan.topology import read_sysfs
 
     wl = load_workload(model_dir)
     topo = read_sysfs("/")
     plan = make_plan(wl, topo, cost_from_slit(topo), PlanOptions(tensor_parallel_shards=1),
                      model_name=model_dir.name)[0]
-    names = [t.name for t in plan.tensors]
     files = sorted(model_dir.glob("params_shard_*.bin"))
-    nbytes = sum(f.stat().st_size for f in files)
+    return wl, plan, [t.name for t in plan.tensors], files, sum(f.stat().st_size for f in files)
+
+
+def bench_load(model_dir: Path) -> dict[str, Any]:
+    from numaplan.runtime.loader import load_worker_params
+
+    wl, plan, names, files, nbytes = load_inputs(model_dir)
 
     def plain() -> None:
         # Fresh, uninitialised memory, as the loader's arena: both pay the first touch.

@@ -25,11 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from numaplan.cost import cost_from_slit  # noqa: E402
-from numaplan.model import load_workload  # noqa: E402
-from numaplan.plan import PlanOptions, make_plan  # noqa: E402
+from numaplan.bench import load_inputs  # noqa: E402
 from numaplan.runtime.loader import load_worker_params  # noqa: E402
-from numaplan.topology import read_sysfs  # noqa: E402
 
 
 def drop_caches() -> bool:
@@ -61,13 +58,7 @@ def main() -> int:
 
     d = Path(args.model_dir) if args.model_dir else build_model_dir(
         Path(tempfile.mkdtemp()) / f"tiny-{args.size}", size=args.size, dtype=args.dtype)
-    wl = load_workload(d)
-    topo = read_sysfs("/")
-    plan = make_plan(wl, topo, cost_from_slit(topo), PlanOptions(tensor_parallel_shards=1),
-                     model_name=d.name)[0]
-    names = [t.name for t in plan.tensors]
-    files = sorted(d.glob("params_shard_*.bin"))
-    file_bytes = sum(f.stat().st_size for f in files)
+    wl, plan, names, files, file_bytes = load_inputs(d)
     buf = np.empty(file_bytes, dtype=np.uint8)
     buf[::4096] = 1  # fault the destination in: the loader's arena is fresh memory each time
     plain_read(files, buf)

@@ -27,12 +27,13 @@ import numpy as np
 from numaplan._base import Frozen
 from numaplan.errors import ModelFormatError, PlacementError
 from numaplan.model import Workload
-from numaplan.osnuma import NodeBuffer, audit_range, bind_range
+from numaplan.osnuma import NodeBuffer, audit_range
 from numaplan.plan.schema import Plan
 from numaplan.runtime.shared_weights import (
     TAIL_SLACK,
     SharedPiece,
     SharedSegment,
+    bind_homes,
     copy_groups,
     create_segment,
     open_segment,
@@ -133,19 +134,6 @@ def plan_pieces(workload: Workload, plan: Plan, worker_id: int, names: Sequence[
                             mem_nbytes=t.shard_mem_nbytes(W), offset=offset, homes=homes))
         offset += _align(max(t.shard_mem_nbytes(W), 1))
     return pieces, max(offset, PAGE)
-
-
-def _bind_piece(arena: NodeBuffer, piece: Piece, *, allow_fallback: bool) -> None:
-    start = arena.address + piece.offset
-    pos = 0
-    for node, nbytes in piece.homes:
-        lo = (start + pos) // PAGE * PAGE
-        hi = -(-(start + pos + nbytes) // PAGE) * PAGE
-        if pos and lo < start + pos:
-            lo += PAGE  # the boundary page stays with the previous home
-        if hi > lo:
-            bind_range(lo, hi - lo, node, allow_fallback=allow_fallback, move=False)
-        pos += nbytes
 
 
 def _read_piece(dest: np.ndarray, t, W: int, worker_id: int, mm: np.memmap) -> int:
@@ -260,22 +248,23 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
 
     # Owners fill their shared copies first: the other members wait for them.
     memory = WeightMemory(None, [])
+    seg_of: dict[int, SharedSegment] = {}  # copy group index -> its mapped segment
     try:
         for g in groups:
-            path = segment_path(shared.namespace, g)
             if g.owner == worker_id:
-                memory.segments.append(create_segment(
-                    path, g, lambda view, p: fill(view, p.name, by_name[p.name].shard_shape(W),
-                                                  by_name[p.name].dtype),
-                    bind=bind, bind_override=bind_override, allow_fallback=allow_fallback))
+                seg_of[g.index] = create_segment(
+                    segment_path(shared.namespace, g), g,
+                    lambda view, p: fill(view, p.name, by_name[p.name].shard_shape(W),
+                                         by_name[p.name].dtype),
+                    bind=bind, bind_override=bind_override, allow_fallback=allow_fallback)
+                memory.segments.append(seg_of[g.index])
         # Transparent huge pages: 512x fewer first-touch faults for the weights (the arena is
         # bound before it is touched, so huge pages too land on the planned node).
         arena = NodeBuffer(size + TAIL_SLACK, huge_pages=size >= (8 << 20))
         memory.arena = arena
         for p in pieces if bind else ():
-            if bind_override is not None:
-                p = p.model_copy(update={"homes": ((bind_override, p.mem_nbytes),)})
-            _bind_piece(arena, p, allow_fallback=allow_fallback)
+            homes = p.homes if bind_override is None else ((bind_override, p.mem_nbytes),)
+            bind_homes(arena.address + p.offset, homes, allow_fallback=allow_fallback)
         raw = arena.array(np.uint8)
         own: dict[str, np.ndarray] = {}
         for p in pieces:
@@ -288,12 +277,10 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
         mapped = 0
         for g in groups:
             if g.owner != worker_id:
-                memory.segments.append(open_segment(segment_path(shared.namespace, g), g,
-                                                    shared.timeout_s))
+                seg_of[g.index] = open_segment(segment_path(shared.namespace, g), g,
+                                               shared.timeout_s)
+                memory.segments.append(seg_of[g.index])
                 mapped += sum(p.mem_nbytes for p in g.pieces)
-        seg_of = {g.index: s for g, s in zip(
-            [g for g in groups if g.owner == worker_id] +
-            [g for g in groups if g.owner != worker_id], memory.segments, strict=True)}
         shared_arrays: dict[str, tuple[np.ndarray, SharedSegment, SharedPiece]] = {}
         for g in groups:
             seg = seg_of[g.index]

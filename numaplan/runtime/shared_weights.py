@@ -167,14 +167,16 @@ class SharedSegment:
             self._mm = None
 
 
-def _bind_piece(address: int, piece: SharedPiece, override: int | None,
-                allow_fallback: bool) -> None:
+def bind_homes(start: int, homes: Sequence[tuple[int, int]], *,
+               allow_fallback: bool = False) -> None:
+    """``mbind`` the consecutive byte ranges of a piece starting at address ``start`` to their
+    home nodes (``homes``: ``(node, nbytes)`` in order); a page shared by two homes stays with
+    the first."""
     pos = 0
-    homes = ((override, piece.mem_nbytes),) if override is not None else piece.homes
     for node, nbytes in homes:
-        lo = (address + piece.offset + pos) // PAGE * PAGE
-        hi = -(-(address + piece.offset + pos + nbytes) // PAGE) * PAGE
-        if pos and lo < address + piece.offset + pos:
+        lo = (start + pos) // PAGE * PAGE
+        hi = -(-(start + pos + nbytes) // PAGE) * PAGE
+        if pos and lo < start + pos:
             lo += PAGE  # the boundary page stays with the previous home
         if hi > lo and nbytes > 0:
             bind_range(lo, hi - lo, node, allow_fallback=allow_fallback, move=False)
@@ -217,7 +219,8 @@ def create_segment(path: Path, group: CopyGroup,
         seg = SharedSegment(path, mm, created=True)
         if bind:  # the shared policy must exist before any page does
             for p in group.pieces:
-                _bind_piece(seg.address, p, bind_override, allow_fallback)
+                homes = p.homes if bind_override is None else ((bind_override, p.mem_nbytes),)
+                bind_homes(seg.address + p.offset, homes, allow_fallback=allow_fallback)
         try:
             os.posix_fallocate(fd, 0, group.size)
         except OSError as exc:
