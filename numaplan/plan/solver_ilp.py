@@ -10,7 +10,7 @@ Variables (C = CPU nodes, M = memory nodes, G = replicated groups):
 
 - ``k[i]`` integer workers on i; ``y[i]`` binary, i active; ``u1`` binary, exactly one active
   node; ``z[i,j]`` >= y_i + y_j - 1, both active;
-- ``g[i,j]`` >= 0 split bytes (GB, times in microseconds) of node i's workers homed on j;
+- ``g[i,j]`` >= 0 split bytes (MB, times in microseconds) of node i's workers homed on j;
 - ``x[g,i,j]`` binary, node i reads group g's copy on j; ``c[g,j]`` a copy of g on j;
   ``w[g,i,j]`` = k_i x[g,i,j] (linearised);
 - ``T_read`` >= every reader node's and every memory node's streaming time; collective terms
@@ -36,7 +36,11 @@ from numaplan.plan.solution import Solution
 
 log = logging.getLogger(__name__)
 
-GB = 1e9
+#: Byte unit of the model: megabytes. In gigabytes, a byte count is exact only to the solvers'
+#: feasibility tolerance (1e-7 GB = 100 bytes): HiGHS then met the split equality a few hundred
+#: bytes short and spent them on a slower replica home, an answer the predictor prices above the
+#: greedy one. In megabytes the slack is a tenth of a byte, below anything a placement moves.
+MB = 1e6
 #: Time unit of the model: microseconds. In seconds, latency terms (~1e-7) fall below the MIP
 #: solvers' feasibility tolerance (1e-7) and silently vanish.
 US = 1e6
@@ -104,7 +108,7 @@ def build_model(p: PlacementProblem) -> tuple[pulp.LpProblem, dict]:
         prob += k[i] >= y[i], f"active_lb_{i}"
     homes = {i: ([p.home_of[i]] if p.prefer_local_memory else
                  [j for j in M if p.bw(i, j) is not None]) for i in C}
-    P = p.split_bytes_per_worker / GB
+    P = p.split_bytes_per_worker / MB
     g = {(i, j): prob.add_variable(f"g_{i}_{j}", 0) for i in C for j in homes[i]}
     for i in C:
         prob += pulp.lpSum(g[i, j] for j in homes[i]) == P * k[i], f"split_{i}"
@@ -116,12 +120,12 @@ def build_model(p: PlacementProblem) -> tuple[pulp.LpProblem, dict]:
     for (i, j), v in g.items():
         add_read(i, j, v)
     for i in C:
-        add_read(i, p.home_of[i], (p.kv_read_bytes_per_worker / GB) * k[i])
+        add_read(i, p.home_of[i], (p.kv_read_bytes_per_worker / MB) * k[i])
     mem_terms: dict[int, list] = {j: [] for j in M}
     for (i, j), v in g.items():
         mem_terms[j].append(v)
     for i in C:
-        mem_terms[p.home_of[i]].append((p.reserve_bytes_per_worker / GB) * k[i])
+        mem_terms[p.home_of[i]].append((p.reserve_bytes_per_worker / MB) * k[i])
     x, w, c = {}, {}, {}
     for grp in p.replicas:
         for i in C:
@@ -138,23 +142,23 @@ def build_model(p: PlacementProblem) -> tuple[pulp.LpProblem, dict]:
                 prob += w[grp.name, i, j] >= k[i] - hi[i] * (1 - x[grp.name, i, j])
                 if (grp.name, j) not in c:
                     c[grp.name, j] = prob.add_variable(f"c_{grp.name}_{j}", 0, 1)
-                    mem_terms[j].append((grp.mem_bytes / GB) * c[grp.name, j])
+                    mem_terms[j].append((grp.mem_bytes / MB) * c[grp.name, j])
                 prob += c[grp.name, j] >= x[grp.name, i, j]
-                add_read(i, j, (grp.read_bytes_per_token / GB) * w[grp.name, i, j])
+                add_read(i, j, (grp.read_bytes_per_token / MB) * w[grp.name, i, j])
             prob += pulp.lpSum(x[grp.name, i, j] for j in cand) == y[i], \
                 f"copy_{grp.name}_{i}"
     for j in M:
         cap = p.node(j).mem_capacity_bytes
         if cap is not None and mem_terms[j]:
-            prob += pulp.lpSum(mem_terms[j]) <= cap / GB, f"capacity_{j}"
+            prob += pulp.lpSum(mem_terms[j]) <= cap / MB, f"capacity_{j}"
     t_read = prob.add_variable("T_read", 0)
     for i in C:
-        prob += t_read >= pulp.lpSum((US / (p.bw(i, j) / GB)) * pulp.lpSum(e)
+        prob += t_read >= pulp.lpSum((US / (p.bw(i, j) / MB)) * pulp.lpSum(e)
                                      for (r, j), e in reads.items() if r == i), f"reader_{i}"
     for j in M:
         terms = [pulp.lpSum(e) for (r, m), e in reads.items() if m == j]
         if terms:
-            prob += t_read >= (US / (p.dram_bw(j) / GB)) * pulp.lpSum(terms), f"dram_{j}"
+            prob += t_read >= (US / (p.dram_bw(j) / MB)) * pulp.lpSum(terms), f"dram_{j}"
     objective = t_read
     if W > 1:
         m_b = p.allreduce_bytes
@@ -196,7 +200,7 @@ def build_model(p: PlacementProblem) -> tuple[pulp.LpProblem, dict]:
     prob += objective
     cross = pulp.lpSum(pulp.lpSum(e) for (i, j), e in reads.items() if i != j)
     return prob, {"k": k, "y": y, "g": g, "x": x, "w": w, "c": c, "objective": objective,
-                  "cross_gb": cross}
+                  "cross_mb": cross}
 
 
 def solve(problem: PlacementProblem, *, time_limit_s: float = 30.0, seed: int = 0,
@@ -232,7 +236,7 @@ def solve(problem: PlacementProblem, *, time_limit_s: float = 30.0, seed: int = 
     p = problem
     prob, v = build_model(p)
     if max_cross_bytes is not None:
-        prob += v["cross_gb"] <= max(max_cross_bytes, 0.0) / GB, "cross_cap"
+        prob += v["cross_mb"] <= max(max_cross_bytes, 0.0) / MB, "cross_cap"
     if warm_start is not None:
         for i, var in v["k"].items():
             var.setInitialValue(warm_start.workers_per_node.get(i, 0))
@@ -249,7 +253,7 @@ def solve(problem: PlacementProblem, *, time_limit_s: float = 30.0, seed: int = 
         # arbitrary tie-break would let a higher penalty show more crossing than a lower one.
         stage1 = prob.copy()
         prob += v["objective"] <= best * (1 + 1e-9) + 1e-6, "keep_optimum"
-        prob.setObjective(v["cross_gb"])
+        prob.setObjective(v["cross_mb"])
         _, solver2 = _make_solver(name, remaining, gap)
         with _quiet_stdout():
             prob.solve(solver2)
@@ -275,7 +279,7 @@ def solve(problem: PlacementProblem, *, time_limit_s: float = 30.0, seed: int = 
     split: dict[int, dict[int, int]] = {}
     P = p.split_bytes_per_worker
     for i, kk in counts.items():
-        parts = {j: (var.value() or 0.0) * GB / kk for (r, j), var in v["g"].items() if r == i}
+        parts = {j: (var.value() or 0.0) * MB / kk for (r, j), var in v["g"].items() if r == i}
         ints = {j: round(b) for j, b in parts.items() if b * kk > 4096}
         if not ints:
             ints = {p.home_of[i]: 0}

@@ -8,7 +8,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from numaplan.cost import cost_from_slit
@@ -89,6 +89,11 @@ def test_every_piece_placed_once_and_capacity_respected(m):
 
 @SETTINGS
 @given(machines)
+# Found in CI: HiGHS met the split equality in GB units 309 bytes short and spent them on a
+# cross-node replica home (solver_ilp.MB explains the fix).
+@example({"sockets": 2, "nodes_per_socket": 3, "cores_per_node": 2, "mem_mib": 104,
+          "memoryless": False, "scale": [0.5, 0.75, 1.25, 0.5, 1.0, 1.0], "W": 1,
+          "local": False})
 def test_ilp_never_worse_than_greedy(m):
     topo, cost = _machine(m)
     try:
