@@ -26,6 +26,7 @@ from numaplan.plan.predict import Prediction, lower_bound, predict
 from numaplan.plan.problem import (
     DEFAULT_COLLECTIVE_ALPHA_S,
     DEFAULT_MEM_HEADROOM,
+    PAGE,
     PlacementProblem,
     build_problem,
 )
@@ -56,7 +57,6 @@ SOLVERS = ("auto", "greedy", "ilp", "partition")
 PENALTY_STEP = 0.05
 #: Above this many CPU nodes ``auto`` uses recursive bisection instead of the MIP.
 MIP_MAX_CPU_NODES = 64
-PAGE = 4096
 
 
 class PlanOptions(Frozen):

@@ -26,6 +26,10 @@ from numaplan.model import Role, Workload, validate_tp
 from numaplan.model.sizes import kv_cache_bytes_per_token
 from numaplan.topology import Topology
 
+#: The granularity at which a memory home is bound (mbind works on pages): a planned piece
+#: smaller than this cannot live on a node of its own.
+PAGE = 4096
+
 #: Software cost of one collective call (enter, publish, poll, leave), nominal until the
 #: runtime's measured figure replaces it (``numaplan bench``); DeepSpeed/SGLang-class shared
 #: memory all-reduces sit at 3-20 us for decode sizes (research/algorithms.md 4.3).

@@ -31,7 +31,7 @@ import pulp
 
 from numaplan.errors import InfeasiblePlanError, UsageError
 from numaplan.plan.collective import pair_terms, single_node_costs
-from numaplan.plan.problem import PlacementProblem
+from numaplan.plan.problem import PAGE, PlacementProblem
 from numaplan.plan.solution import Solution
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def solve(problem: PlacementProblem, *, time_limit_s: float = 30.0, seed: int = 
     P = p.split_bytes_per_worker
     for i, kk in counts.items():
         parts = {j: (var.value() or 0.0) * MB / kk for (r, j), var in v["g"].items() if r == i}
-        ints = {j: round(b) for j, b in parts.items() if b * kk > 4096}
+        ints = {j: round(b) for j, b in parts.items() if b * kk > PAGE}
         if not ints:
             ints = {p.home_of[i]: 0}
         top = max(ints, key=lambda j: (ints[j], j == p.home_of[i], -j))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -19,6 +20,7 @@ from numaplan.topology import Topology, synthetic_topology
 from .helpers import scaled_cost, small_workload
 
 MiB = 1 << 20
+PAGE = 4096
 # NUMAPLAN_HYPOTHESIS_EXAMPLES=300 for a deeper search than the default CI budget.
 SETTINGS = settings(max_examples=int(os.environ.get("NUMAPLAN_HYPOTHESIS_EXAMPLES", 25)),
                     deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -123,6 +125,9 @@ def _relabel(topo: Topology, perm: dict[int, int]) -> Topology:
 
 @SETTINGS
 @given(machines, st.randoms(use_true_random=False))
+# Found by a full run: tied optima, a 288-byte piece folded into another home under one labelling.
+@example({"sockets": 2, "nodes_per_socket": 2, "cores_per_node": 3, "mem_mib": 256,
+          "memoryless": True, "scale": [0.5] * 6, "W": 4, "local": False}, random.Random(7))
 def test_relabelling_nodes_keeps_the_objective(m, rnd):
     topo, _ = _machine(m)
     ids = list(topo.node_ids)
@@ -135,8 +140,15 @@ def test_relabelling_nodes_keeps_the_objective(m, rnd):
         a = make_plan(workload(), topo, cost_from_slit(topo), opts, model_name="x")[0]
     except InfeasiblePlanError:
         assume(False)
-    b = make_plan(workload(), other, cost_from_slit(other), opts, model_name="x")[0]
-    assert b.prediction.token_s == pytest.approx(a.prediction.token_s, rel=1e-5)
+    b, _, problem, _ = make_plan(workload(), other, cost_from_slit(other), opts, model_name="x")
+    # The solver's split is continuous; pieces under a page go to the main home (pages are the
+    # unit a home is bound in), which may move up to a page per worker and home between two
+    # labellings of tied optima. Beyond that slack the price must not depend on the labels.
+    slowest = min(bw for i in problem.cpu_node_ids for j in problem.mem_node_ids
+                  if (bw := problem.bw(i, j)) is not None)
+    page_slack_s = 2 * m["W"] * PAGE / slowest
+    assert abs(b.prediction.token_s - a.prediction.token_s) <= \
+        1e-5 * a.prediction.token_s + page_slack_s
 
 
 @SETTINGS
