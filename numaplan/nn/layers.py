@@ -7,9 +7,9 @@ holding eight 4-bit values per word, lowest bits first, and ``X.q_scale [out, in
 model dtype; a weight is ``(q - 7) * scale`` (``mlc_llm/quantization/group_quantization.py``).
 
 Matrix products accumulate in float32 whatever the model dtype (a float16 sum over 4096 terms
-loses several bits) and cast once at the end; the dequantization is an elementwise producer that
-``FuseOps`` fuses into the product, so no dequantized weight matrix is ever written to memory
-(see :mod:`numaplan.passes.schedules` for how the fused product is scheduled).
+loses several bits) and cast once at the end. Quantized products run numaplan's kernels
+(:mod:`numaplan.nn.kernels`): the int4 codes are unpacked in registers, never into a dequantized
+weight matrix in memory; a decode token's dense product runs the kernels' GEMV as well.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
 from numaplan.model.quantization import Quantization
+from numaplan.nn import kernels
 
 #: The zero point of MLC's symmetric int4 code: stored 0..14 stand for -7..7.
 Q4_ZERO = 7
@@ -83,23 +84,49 @@ class Linear(nn.Module):
     def to(self, dtype: str | None = None) -> None:
         """Parameters keep the dtypes the scheme gives them."""
 
-    def weight_matrix(self) -> Tensor:
-        """The weight in the model dtype (a fused producer when quantized)."""
-        if self.grouped:
-            return dequantize_q4(self.q_weight, self.q_scale, self.in_features, self.dtype)
-        return self.weight
-
     def forward(self, x: Tensor, out_dtype: str | None = None) -> Tensor:
         """Apply the layer; ``out_dtype`` defaults to the model dtype."""
-        y = matmul_nt(x, self.weight_matrix())
+        if self.grouped:
+            y = q4_product(x, self.q_weight, self.q_scale, self.out_features, self.in_features)
+        else:
+            y = dense_product(x, self.weight, self.out_features, self.in_features)
         if self.bias is not None:
             y = y + self.bias.astype("float32")
         target = out_dtype or self.dtype
         return y if target == "float32" else y.astype(target)
 
 
-def matmul_nt(x: Tensor, w: Tensor) -> Tensor:
-    """``x @ w^T`` accumulated in float32."""
+def _tokens(x: Tensor) -> tuple[list, object]:
+    """The leading dims of ``x`` and their product (a static 1 for one decode token)."""
+    lead = list(x.shape[:-1])
+    count: object = 1
+    for d in lead:
+        count = d * count
+    return lead, count
+
+
+def q4_product(x: Tensor, q_weight: Tensor, q_scale: Tensor, n: int, k: int) -> Tensor:
+    """``x @ dequant(q_weight, q_scale)^T`` in float32 through numaplan's kernels: the decode
+    GEMV for one token, the tiled matmul otherwise; the weight stays packed in memory."""
+    lead, count = _tokens(x)
+    x_dtype, s_dtype = x.dtype, q_scale.dtype
+    if count == 1 and kernels.q4_lanes(k):
+        func, rows = kernels.q4_gemv(n, k, x_dtype, s_dtype), 1
+    else:
+        func, rows = kernels.q4_matmul(n, k, x_dtype, s_dtype), count
+    x2 = op.reshape(x, (rows, k))
+    y = op.tensor_ir_op(func, "q4_gemv" if rows == 1 and count == 1 else "q4_matmul",
+                        [x2, q_weight, q_scale], Tensor.placeholder([rows, n], "float32"))
+    return op.reshape(y, (*lead, n))
+
+
+def dense_product(x: Tensor, w: Tensor, n: int, k: int) -> Tensor:
+    """``x @ w^T`` in float32: numaplan's GEMV for one token, a scheduled matmul otherwise."""
+    lead, count = _tokens(x)
+    if count == 1:
+        y = op.tensor_ir_op(kernels.dense_gemv(n, k, x.dtype), "dense_gemv",
+                            [op.reshape(x, (1, k)), w], Tensor.placeholder([1, n], "float32"))
+        return op.reshape(y, (*lead, n))
     return op.matmul(x, op.permute_dims(w), out_dtype="float32")
 
 
@@ -138,6 +165,6 @@ class Embedding(nn.Module):
 
     def lm_head(self, x: Tensor) -> Tensor:
         """Tied output projection: ``x @ E^T`` in float32."""
-        w = (dequantize_q4(self.q_weight, self.q_scale, self.hidden_size, self.dtype)
-             if self.grouped else self.weight)
-        return matmul_nt(x, w)
+        if self.grouped:
+            return q4_product(x, self.q_weight, self.q_scale, self.vocab_size, self.hidden_size)
+        return dense_product(x, self.weight, self.vocab_size, self.hidden_size)
