@@ -24,6 +24,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from numaplan.model.architecture import Architecture
 from numaplan.model.quantization import Quantization
+from numaplan.nn import kernels
 from numaplan.nn.layers import Embedding, Linear
 
 
@@ -73,8 +74,12 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, kv: PagedKVCache, layer: int) -> Tensor:
         b, s, _ = x.shape
         h, kvh, d = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = op.reshape(getattr(self, self.names.qkv)(x), (b, s, h + 2 * kvh, d))
+        kv_dtype = kernels.current_policy().kv_dtype or x.dtype
+        qkv = getattr(self, self.names.qkv)(x, out_dtype=kv_dtype)
+        qkv = op.reshape(qkv, (b, s, h + 2 * kvh, d))
         out = kv.attention_with_fused_qkv(layer, qkv, h, sm_scale=d ** -0.5)
+        if out.dtype != x.dtype:
+            out = out.astype(x.dtype)
         return getattr(self, self.names.out)(op.reshape(out, (b, s, h * d)))
 
 

@@ -30,6 +30,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from numaplan.model.architecture import Architecture, parse_architecture
 from numaplan.model.quantization import get_quantization
+from numaplan.nn import kernels
 from numaplan.nn.decoder import CausalLM
 
 #: The cache-creation function a library exports: the name MLC's engine looks up (its
@@ -107,9 +108,22 @@ def add_metadata_function(mod: tvm.IRModule, metadata: Mapping[str, Any]) -> tvm
 
 
 def export_model(arch: Architecture, shards: int, *,
-                 target: tvm.target.Target | None = None
+                 target: tvm.target.Target | None = None,
+                 q4_activations: kernels.Q4Activations = "auto",
                  ) -> tuple[tvm.IRModule, list[tuple[str, tuple[int, ...], str]]]:
     """The Relax module of one of ``shards`` workers, before any lowering.
+
+    Parameters
+    ----------
+    arch
+        The architecture (full sizes) and quantization.
+    shards
+        The tensor-parallel worker count; the module is one worker's.
+    target
+        The llvm target (default: this machine's CPU).
+    q4_activations
+        How decode's q4 products treat the activation (:data:`numaplan.nn.kernels.Q4Activations`);
+        the choice is recorded in ``_metadata["numaplan"]``.
 
     Returns
     -------
@@ -120,14 +134,22 @@ def export_model(arch: Architecture, shards: int, *,
 
     quant = get_quantization(arch.quantization)
     model = CausalLM(arch, quant, shards)
-    with resolve_target(target or "llvm"):
+    tgt = resolve_target(target or "llvm")
+    chosen = kernels.KernelPolicy(
+        q4_activations=kernels.resolve_q4_activations(q4_activations, tgt))
+    with tgt, kernels.policy(chosen):
         mod, named = model.export_tvm(spec=module_spec(model), allow_extern=False)
     params = [(name, tuple(int(s) for s in p.shape), str(p.dtype)) for name, p in named]
-    return add_metadata_function(mod, metadata_dict(arch, shards, params)), params
+    meta = metadata_dict(arch, shards, params)
+    if quant.is_group_quant:
+        meta["numaplan"] = {"q4_activations": chosen.q4_activations}
+    return add_metadata_function(mod, meta), params
 
 
-def build_ir_module(config: Mapping[str, Any], tensor_parallel_shards: int
+def build_ir_module(config: Mapping[str, Any], tensor_parallel_shards: int, *,
+                    q4_activations: kernels.Q4Activations = "auto",
                     ) -> tuple[tvm.IRModule, list[tuple[str, tuple[int, ...], str]]]:
     """The builder entry point (the ``numaplan-model.json`` contract): the parsed
     ``mlc-chat-config.json`` and the worker count in, the module and its parameters out."""
-    return export_model(parse_architecture(config), tensor_parallel_shards)
+    return export_model(parse_architecture(config), tensor_parallel_shards,
+                        q4_activations=q4_activations)

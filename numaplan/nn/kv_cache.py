@@ -31,6 +31,8 @@ def paged_kv_cache(arch: Architecture, quant: Quantization, shards: int,
     Must be called while a module is being exported (it adds its kernels to the module); the
     target is the current one (:func:`numaplan.nn.export.export_model` sets it).
     """
+    from numaplan.nn.kernels import current_policy
+
     target = tvm.target.Target.current(allow_none=True) or tvm.target.Target("llvm")
     per = arch.per_shard(shards)
     return TIRPagedKVCache(
@@ -55,6 +57,6 @@ def paged_kv_cache(arch: Architecture, quant: Quantization, shards: int,
         rope_ext_factors=relax.prim_value(0),
         rotary_dim=arch.head_dim,
         enable_disaggregation=False,
-        dtype=quant.model_dtype,
+        dtype=current_policy().kv_dtype or quant.model_dtype,
         target=target,
     )

@@ -111,7 +111,9 @@ def q4_product(x: Tensor, q_weight: Tensor, q_scale: Tensor, n: int, k: int) -> 
     lead, count = _tokens(x)
     x_dtype, s_dtype = x.dtype, q_scale.dtype
     if count == 1 and kernels.q4_lanes(k):
-        func, rows = kernels.q4_gemv(n, k, x_dtype, s_dtype), 1
+        gemv = (kernels.q4_gemv_int8 if kernels.current_policy().q4_activations == "int8"
+                else kernels.q4_gemv)
+        func, rows = gemv(n, k, x_dtype, s_dtype), 1
     else:
         func, rows = kernels.q4_matmul(n, k, x_dtype, s_dtype), count
     x2 = op.reshape(x, (rows, k))
