@@ -59,3 +59,8 @@ class InfeasiblePlanError(NumaplanError):
 
 class PlacementError(NumaplanError):
     """The operating system refused a placement action (affinity, memory policy, page audit)."""
+
+
+class RequestError(NumaplanError):
+    """A generation request the loaded model cannot serve (longer than its context, an unknown
+    sequence, a full KV cache, a library without MLC's functions)."""
