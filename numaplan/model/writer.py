@@ -30,11 +30,18 @@ from numaplan.model.tensor_cache import TENSOR_CACHE_NAME
 ENCODING = "f32-to-bf16"
 
 
-def f32_to_bf16_bits(a: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even as tvmjs does."""
-    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-    rounded = u + (((u >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF))
-    return (rounded >> np.uint32(16)).astype(np.uint16)
+def f32_to_bf16_bits(a: np.ndarray, *, block: int = 1 << 20) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even as tvmjs does.
+
+    Converted ``block`` elements at a time: the uint32 temporaries of a whole embedding would
+    be several times its size."""
+    u = np.ascontiguousarray(a, dtype=np.float32).reshape(-1).view(np.uint32)
+    out = np.empty(u.shape, np.uint16)
+    for start in range(0, u.size, block):
+        c = u[start:start + block]
+        rounded = c + (((c >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF))
+        out[start:start + block] = rounded >> np.uint32(16)
+    return out.reshape(np.shape(a))
 
 
 def bf16_bits_to_f32(b: np.ndarray) -> np.ndarray:
@@ -42,11 +49,11 @@ def bf16_bits_to_f32(b: np.ndarray) -> np.ndarray:
     return (b.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
-def encode(array: np.ndarray) -> bytes:
-    """The bytes a tensor takes in a shard file."""
+def encode(array: np.ndarray) -> np.ndarray:
+    """The tensor as it is stored in a shard file (a contiguous array; float32 as bf16 bits)."""
     if array.dtype == np.float32:
-        return f32_to_bf16_bits(array).tobytes()
-    return np.ascontiguousarray(array).tobytes()
+        return f32_to_bf16_bits(array)
+    return np.ascontiguousarray(array)
 
 
 _DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
@@ -78,7 +85,7 @@ class MLCDirWriter:
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir.parent))
         self.cap = shard_cap_bytes
         self.shards: list[dict[str, Any]] = []
-        self.pending: list[tuple[dict[str, Any], bytes]] = []
+        self.pending: list[tuple[dict[str, Any], np.ndarray]] = []
         self.pending_nbytes = 0
         self.param_bytes = 0
         self.param_count = 0
@@ -101,32 +108,33 @@ class MLCDirWriter:
             raise ValueError(f"{name}: dtype {array.dtype} has no MLC name")
         data = encode(array)
         record = {"name": name, "shape": [int(s) for s in array.shape], "dtype": dtype,
-                  "format": ENCODING, "nbytes": len(data), "byteOffset": 0}
+                  "format": ENCODING, "nbytes": data.nbytes, "byteOffset": 0}
         self.param_count += 1
         self.param_bytes += array.size * array.dtype.itemsize
-        if self.pending_nbytes + len(data) >= self.cap:
-            if 2 * len(data) >= self.cap:
+        if self.pending_nbytes + data.nbytes >= self.cap:
+            if 2 * data.nbytes >= self.cap:
                 self._commit([(record, data)])  # out of band, ahead of the pending shard
                 return
             self._flush()
         record["byteOffset"] = self.pending_nbytes
         self.pending.append((record, data))
-        self.pending_nbytes += len(data)
+        self.pending_nbytes += data.nbytes
 
     def _flush(self) -> None:
         if self.pending:
             self._commit(self.pending)
         self.pending, self.pending_nbytes = [], 0
 
-    def _commit(self, items: list[tuple[dict[str, Any], bytes]]) -> None:
+    def _commit(self, items: list[tuple[dict[str, Any], np.ndarray]]) -> None:
         name = f"params_shard_{len(self.shards)}.bin"
         md5 = hashlib.md5()
         nbytes = 0
         with open(self.tmp / name, "wb") as f:
             for _, data in items:
-                f.write(data)
-                md5.update(data)
-                nbytes += len(data)
+                view = memoryview(data.reshape(-1).view(np.uint8))
+                f.write(view)
+                md5.update(view)
+                nbytes += data.nbytes
         self.shards.append({"dataPath": name, "format": "raw-shard", "nbytes": nbytes,
                             "records": [r for r, _ in items], "md5sum": md5.hexdigest()})
 
