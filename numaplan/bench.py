@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from numaplan import __version__
+from numaplan._version import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = (1024, 8192, 65536)  # elements (float16: 2 KiB, 16 KiB, 128 KiB)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from numaplan import __version__
+from numaplan._version import __version__
 from numaplan.errors import NumaplanError, UsageError
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from numaplan import __version__
 from numaplan._base import Frozen
+from numaplan._version import __version__
 from numaplan.cost import CostModel
 from numaplan.errors import InfeasiblePlanError, UsageError
 from numaplan.model import Workload
