@@ -11,10 +11,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from numaplan.plan.io import PLAN_FILE, plan_from_dict, plan_text, read_plan, write_plan_file
+    from numaplan.plan.io import PLAN_FILE, plan_from_dict, read_plan, write_plan_file
     from numaplan.plan.planner import SOLVERS, PlanOptions, PlanReport, make_plan, write_plan
     from numaplan.plan.problem import PlacementProblem, build_problem
-    from numaplan.plan.schema import Plan
+    from numaplan.plan.schema import Plan, plan_text
     from numaplan.plan.solution import Solution
 
 # ``predict`` names a submodule and a function: bind the function now (importing the submodule
@@ -22,12 +22,12 @@ if TYPE_CHECKING:
 from numaplan.plan.predict import Prediction, lower_bound, predict
 
 _WHERE = {
-    "PLAN_FILE": "io", "plan_from_dict": "io", "plan_text": "io", "read_plan": "io",
+    "PLAN_FILE": "io", "plan_from_dict": "io", "read_plan": "io",
     "write_plan_file": "io",
     "SOLVERS": "planner", "PlanOptions": "planner", "PlanReport": "planner",
     "make_plan": "planner", "write_plan": "planner",
     "PlacementProblem": "problem", "build_problem": "problem",
-    "Plan": "schema",
+    "Plan": "schema", "plan_text": "schema",
     "Solution": "solution",
 }
 
