@@ -9,19 +9,11 @@ from pathlib import Path
 
 from numaplan._io import write_atomic
 from numaplan.cli._common import add_topology_args, human_bytes, topology_from_args
-from numaplan.cli._planning import (
-    add_cost_args,
-    add_plan_args,
-    default_tp,
-    load_cost,
-    load_model,
-    parse_affinity,
-    parse_nodes,
-)
+from numaplan.cli._planning import add_cost_args, add_plan_args, load_model, settings_from_args
 from numaplan.cli.help import HELP
 from numaplan.errors import UsageError
 from numaplan.model.relax_source import SOURCE_FILE, read_relax_source
-from numaplan.plan import Plan, PlanOptions, make_plan, write_plan
+from numaplan.plan import Plan, make_plan, resolve_settings, write_plan
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,24 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def options_from_args(args: argparse.Namespace, workload, topo) -> PlanOptions:
-    """PlanOptions from the shared planning options."""
-    return PlanOptions(
-        tensor_parallel_shards=args.tensor_parallel_shards or default_tp(workload, topo),
-        numa_nodes=parse_nodes(args.numa_nodes),
-        numa_inter_node_penalty=args.numa_inter_node_penalty,
-        numa_prefer_local_memory=not args.no_prefer_local_memory,
-        node_affinity=parse_affinity(args.node_affinity),
-        batch_size=args.batch_size, context_tokens=args.context_tokens,
-        solver=args.solver, mip_backend=args.mip_backend, time_limit_s=args.time_limit,
-        oversubscribe=args.oversubscribe)
-
-
 def run(args: argparse.Namespace) -> int:
     workload = load_model(args.model_dir, args.quantization)
     topo = topology_from_args(args)
-    cost = load_cost(args, topo)
-    opts = options_from_args(args, workload, topo)
+    opts, cost = resolve_settings(settings_from_args(args), workload, topo)
     name = Path(args.model_dir).resolve().name
     plan, report, _, _ = make_plan(workload, topo, cost, opts, model_name=name)
     out = Path(args.output or Path("out") / name)

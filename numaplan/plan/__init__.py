@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from numaplan.plan.planner import SOLVERS, PlanOptions, PlanReport, make_plan, write_plan
     from numaplan.plan.problem import PlacementProblem, build_problem
     from numaplan.plan.schema import Plan, plan_text
+    from numaplan.plan.settings import PlanSettings, default_tp, resolve_settings
     from numaplan.plan.solution import Solution
 
 # ``predict`` names a submodule and a function: bind the function now (importing the submodule
@@ -28,6 +29,7 @@ _WHERE = {
     "make_plan": "planner", "write_plan": "planner",
     "PlacementProblem": "problem", "build_problem": "problem",
     "Plan": "schema", "plan_text": "schema",
+    "PlanSettings": "settings", "default_tp": "settings", "resolve_settings": "settings",
     "Solution": "solution",
 }
 
@@ -38,15 +40,18 @@ __all__ = [
     "Plan",
     "PlanOptions",
     "PlanReport",
+    "PlanSettings",
     "Prediction",
     "Solution",
     "build_problem",
+    "default_tp",
     "lower_bound",
     "make_plan",
     "plan_from_dict",
     "plan_text",
     "predict",
     "read_plan",
+    "resolve_settings",
     "write_plan",
     "write_plan_file",
 ]
