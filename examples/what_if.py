@@ -44,7 +44,7 @@ def main() -> None:
             plan = make_plan(wl, topo, cost_from_slit(topo, penalty=args.penalty),
                              PlanOptions(tensor_parallel_shards=w,
                                          numa_inter_node_penalty=args.penalty),
-                             model_name=preset)[0]
+                             model_name=preset).plan
             pr = plan.prediction
             print(f"\n{preset} {args.quantization} on {label}, W={w} "
                   f"(predicted, nominal figures):")

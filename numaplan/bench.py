@@ -184,11 +184,12 @@ def bench_planner() -> dict[str, Any]:
     t0 = time.perf_counter()
     wl = load_workload(d, quantization="q4f16_1")
     topo = read_numactl_file(ROOT / "tests/data/topologies/epyc7742_2s_nps4_archer2.txt")
-    plan, report, _, _ = make_plan(wl, topo, cost_from_slit(topo),
-                                   PlanOptions(tensor_parallel_shards=8), model_name="70b")
+    planned = make_plan(wl, topo, cost_from_slit(topo), PlanOptions(tensor_parallel_shards=8),
+                        model_name="70b")
+    plan = planned.plan
     return {"benchmark": "planner", "case": "Llama-3-70B-shaped q4f16_1, W=8, EPYC 8 nodes",
             "wall_s": round(time.perf_counter() - t0, 3), "solver": plan.solver.name,
-            "status": plan.solver.status, "solve_s": report.solve_s,
+            "status": plan.solver.status, "solve_s": planned.report.solve_s,
             "fraction_of_bound": plan.prediction.fraction_of_bound}
 
 
@@ -210,7 +211,7 @@ def load_inputs(model_dir: Path) -> tuple[Any, Any, list[str], list[Path], int]:
     wl = load_workload(model_dir)
     topo = read_sysfs("/")
     plan = make_plan(wl, topo, cost_from_slit(topo), PlanOptions(tensor_parallel_shards=1),
-                     model_name=model_dir.name)[0]
+                     model_name=model_dir.name).plan
     files = sorted(model_dir.glob("params_shard_*.bin"))
     return wl, plan, [t.name for t in plan.tensors], files, sum(f.stat().st_size for f in files)
 

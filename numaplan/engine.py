@@ -305,7 +305,7 @@ class Engine:
         if lib.exists() and (out / "numa-plan.json").exists():
             log.info("library cache hit: %s", lib)
             return lib, out
-        plan, _, _, _ = make_plan(self.workload, self.topology, cost, opts, model_name=name)
+        plan = make_plan(self.workload, self.topology, cost, opts, model_name=name).plan
         from numaplan.passes.build import build_library
 
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")

@@ -63,7 +63,7 @@ def main() -> None:
     for kind, name, topo, cost, w, local in cases:
         plan = make_plan(wl, topo, cost, PlanOptions(tensor_parallel_shards=w,
                                                      numa_prefer_local_memory=local),
-                         model_name="70b")[0]
+                         model_name="70b").plan
         pr = plan.prediction
         best = max(pr.baselines.items(), key=lambda kv: kv[1].tokens_per_s)
         print(f"{kind:<8} {name:<32} {w:>2} {pr.tokens_per_s:>10.3f} "

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     topo = topology_from_args(args)
     opts, cost = resolve_settings(settings_from_args(args), workload, topo)
     name = Path(args.model_dir).resolve().name
-    plan, report, _, _ = make_plan(workload, topo, cost, opts, model_name=name)
+    planned = make_plan(workload, topo, cost, opts, model_name=name)
+    plan, report = planned.plan, planned.report
     out = Path(args.output or Path("out") / name)
     src = read_relax_source(args.model_dir)
     built = None

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from numaplan.plan.io import PLAN_FILE, plan_from_dict, read_plan, write_plan_file
-    from numaplan.plan.planner import SOLVERS, PlanOptions, PlanReport, make_plan, write_plan
+    from numaplan.plan.planner import (
+        SOLVERS,
+        PlanOptions,
+        PlanReport,
+        PlanResult,
+        make_plan,
+        write_plan,
+    )
     from numaplan.plan.problem import PlacementProblem, build_problem
     from numaplan.plan.schema import Plan, plan_text
     from numaplan.plan.settings import PlanSettings, default_tp, resolve_settings
@@ -26,7 +33,7 @@ _WHERE = {
     "PLAN_FILE": "io", "plan_from_dict": "io", "read_plan": "io",
     "write_plan_file": "io",
     "SOLVERS": "planner", "PlanOptions": "planner", "PlanReport": "planner",
-    "make_plan": "planner", "write_plan": "planner",
+    "PlanResult": "planner", "make_plan": "planner", "write_plan": "planner",
     "PlacementProblem": "problem", "build_problem": "problem",
     "Plan": "schema", "plan_text": "schema",
     "PlanSettings": "settings", "default_tp": "settings", "resolve_settings": "settings",
@@ -40,6 +47,7 @@ __all__ = [
     "Plan",
     "PlanOptions",
     "PlanReport",
+    "PlanResult",
     "PlanSettings",
     "Prediction",
     "Solution",

@@ -95,8 +95,29 @@ class PlanReport(Frozen):
     solver_answers: dict[str, float]
 
 
+class PlanResult(Frozen):
+    """What :func:`make_plan` returns.
+
+    Attributes
+    ----------
+    plan
+        The plan (what ``numa-plan.json`` holds).
+    report
+        Volatile facts of the run (solve times), kept out of the plan.
+    problem
+        The placement problem that was solved (on the nodes the plan may use).
+    solution
+        The chosen solver answer, in aggregate form.
+    """
+
+    plan: Plan
+    report: PlanReport
+    problem: PlacementProblem
+    solution: Solution
+
+
 def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: PlanOptions, *,
-              model_name: str) -> tuple[Plan, PlanReport, PlacementProblem, Solution]:
+              model_name: str) -> PlanResult:
     """Plan a model on a machine.
 
     Parameters
@@ -114,8 +135,8 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
 
     Returns
     -------
-    tuple
-        ``(plan, report, problem, solution)``.
+    PlanResult
+        The plan, and the report, problem and solution behind it.
 
     Raises
     ------
@@ -191,7 +212,7 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
                  "workers": problem.num_workers, "tensors": len(workload.tensors)},
         solver_answers={k: predict(problem, s).token_s for k, s in answers.items()},
     )
-    return plan, report, problem, chosen
+    return PlanResult(plan=plan, report=report, problem=problem, solution=chosen)
 
 
 def _slit_at(topo: Topology, cost: CostModel, penalty: float) -> CostModel:

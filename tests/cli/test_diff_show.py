@@ -45,9 +45,8 @@ def workload(tmp_path_factory):
 
 def _plan(workload, topo, **opts):
     opts.setdefault("tensor_parallel_shards", 2)
-    plan, *_ = make_plan(workload, topo, cost_from_slit(topo), PlanOptions(**opts),
-                         model_name="tiny-llama")
-    return plan
+    return make_plan(workload, topo, cost_from_slit(topo), PlanOptions(**opts),
+                     model_name="tiny-llama").plan
 
 
 def _spill_topology(workload, extra_bytes: int):

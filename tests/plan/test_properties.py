@@ -61,9 +61,10 @@ def _plan(m, **kw):
 @given(machines)
 def test_every_piece_placed_once_and_capacity_respected(m):
     try:
-        plan, _, problem, sol = _plan(m)
+        planned = _plan(m)
     except InfeasiblePlanError:
         assume(False)
+    plan, problem, sol = planned.plan, planned.problem, planned.solution
     assert sorted(w.worker_id for w in plan.workers) == list(range(m["W"]))
     for t in plan.tensors:
         for w in plan.workers:
@@ -132,10 +133,10 @@ def test_relabelling_nodes_keeps_the_objective(m, rnd):
     other = _relabel(topo, perm)
     opts = PlanOptions(tensor_parallel_shards=m["W"], numa_prefer_local_memory=m["local"])
     try:
-        a = make_plan(workload(), topo, cost_from_slit(topo), opts, model_name="x")[0]
+        a = make_plan(workload(), topo, cost_from_slit(topo), opts, model_name="x").plan
     except InfeasiblePlanError:
         assume(False)
-    b = make_plan(workload(), other, cost_from_slit(other), opts, model_name="x")[0]
+    b = make_plan(workload(), other, cost_from_slit(other), opts, model_name="x").plan
     assert b.prediction.token_s == pytest.approx(a.prediction.token_s, rel=1e-5)
 
 
@@ -149,7 +150,7 @@ def test_higher_penalty_never_more_cross_node_bytes(m, p, dp):
                            numa_inter_node_penalty=pen)
         try:
             plan = make_plan(workload(), topo, cost_from_slit(topo, penalty=pen), opts,
-                             model_name="x")[0]
+                             model_name="x").plan
         except InfeasiblePlanError:
             assume(False)
         results.append(plan.prediction.cross_node_read_bytes_per_token)
@@ -166,7 +167,7 @@ def test_numa_nodes_and_affinity_honoured(m, data):
     opts = PlanOptions(tensor_parallel_shards=m["W"], numa_nodes=tuple(sorted(subset)),
                        node_affinity=affinity, numa_prefer_local_memory=m["local"])
     try:
-        plan = make_plan(workload(), topo, cost, opts, model_name="x")[0]
+        plan = make_plan(workload(), topo, cost, opts, model_name="x").plan
     except InfeasiblePlanError:
         assume(False)
     assert {w.node_id for w in plan.workers} <= set(subset)
