@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -21,10 +20,9 @@ from numaplan.plan.compare import (
 )
 from numaplan.plan.render import render_plan_png, render_plan_table
 from numaplan.plan.schema import PlanTensor
-from numaplan.topology import read_numactl_file, synthetic_topology
+from numaplan.topology import read_sample, synthetic_topology
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TOPOLOGIES = Path(__file__).resolve().parents[1] / "data" / "topologies"
 
 
 @pytest.fixture
@@ -72,7 +70,7 @@ def plans(workload, tmp_path_factory):
         "nodes23": _plan(workload, four, numa_nodes=(2, 3)),
         "roomy": _plan(workload, synthetic_topology(sockets=2), **pinned),
         "spill": _plan(workload, _spill_topology(workload, 10_000), **pinned),
-        "epyc": _plan(workload, read_numactl_file(TOPOLOGIES / "epyc7742_2s_nps4_archer2.txt")),
+        "epyc": _plan(workload, read_sample("epyc")),
     }
     root = tmp_path_factory.mktemp("plans")
     return {k: (p, write_plan(p, root / k).parent) for k, p in made.items()}
