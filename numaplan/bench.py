@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from numaplan._io import atomic_file, write_atomic
 from numaplan._version import __version__
 
 #: The checkout numaplan runs from, if any: its commit is recorded with the results.
@@ -318,7 +319,9 @@ def plot(results: dict[str, Any], path: str) -> None:
     ax.set_title(f"numaplan all-reduce, {r['world_size']} ranks ({r['dtype']})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_file(path) as f:
+        # The format follows the file name, as savefig(path) would choose it.
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=100)
     plt.close(fig)
 
 
@@ -364,8 +367,6 @@ def main(argv: Sequence[str] | None = None) -> int:
            "wall_s": round(time.perf_counter() - t_start, 1), "results": results}
     NUMATensorParallelBenchmark.print_results(doc)
     if args.output_file:
-        from numaplan._io import write_atomic
-
         write_atomic(args.output_file, json.dumps(doc, indent=2) + "\n")
         _progress(f"wrote {args.output_file}")
     if args.png:

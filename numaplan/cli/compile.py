@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 from numaplan._io import write_atomic
-from numaplan.cli._common import add_topology_args, human_bytes, topology_from_args
+from numaplan.cli._common import add_topology_args, topology_from_args
 from numaplan.cli._planning import add_cost_args, add_plan_args, load_model, settings_from_args
 from numaplan.cli.help import HELP
 from numaplan.errors import UsageError
 from numaplan.model.relax_source import SOURCE_FILE, read_relax_source
 from numaplan.plan import Plan, make_plan, resolve_settings, write_plan
+from numaplan.plan.formatting import format_tps, human_bytes
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -100,13 +101,13 @@ def render_summary(plan: Plan, path: str, seconds: float | None = None) -> str:
                      f"{human_bytes(n.bytes_homed):>10} {read:>11}")
     label = "predicted (nominal cost figures)" if pr.nominal else "predicted"
     lines.append("")
-    lines.append(f"{label}: {pr.tokens_per_s:.2f} tokens/s at batch {pr.batch_size} "
+    lines.append(f"{label}: {format_tps(pr.tokens_per_s)} tokens/s at batch {pr.batch_size} "
                  f"(read {pr.read_s * 1e3:.3f} ms + collectives {pr.collective_s * 1e3:.3f} ms "
-                 f"per token); lower bound {pr.lower_bound_tokens_per_s:.2f} tokens/s: plan "
-                 f"reaches {100 * pr.fraction_of_bound:.1f}%")
+                 f"per token); lower bound {format_tps(pr.lower_bound_tokens_per_s)} tokens/s: "
+                 f"plan reaches {100 * pr.fraction_of_bound:.1f}%")
     if pr.baselines:
         lines.append("baselines (same model of the machine): " + ", ".join(
-            f"{k} {v.tokens_per_s:.2f}" + ("" if v.fits else " (does not fit)")
+            f"{k} {format_tps(v.tokens_per_s)}" + ("" if v.fits else " (does not fit)")
             for k, v in pr.baselines.items()) + " tokens/s")
     crossing = pr.cross_node_read_bytes_per_token
     lines.append(f"cross-node reads: {human_bytes(crossing)} of "

@@ -11,15 +11,12 @@ from numaplan.cost import cost_from_slit
 from numaplan.model import load_workload
 from numaplan.model.presets import write_hf_config
 from numaplan.plan import PlanOptions, make_plan, read_plan, write_plan
-from numaplan.plan.compare import (
-    cross_node_reads,
-    describe_tensors,
-    diff_plans,
-    remote_groups,
-    render_diff,
-)
-from numaplan.plan.render import render_plan_png, render_plan_table
+from numaplan.plan.diff import diff_plans, render_diff
+from numaplan.plan.formatting import describe_tensors
+from numaplan.plan.picture import render_plan_png
 from numaplan.plan.schema import PlanTensor
+from numaplan.plan.table import render_plan_table
+from numaplan.plan.views import cross_node_reads, remote_groups
 from numaplan.topology import read_sample, synthetic_topology
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
