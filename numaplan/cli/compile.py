@@ -1,4 +1,5 @@
-"""``numaplan compile``: plan a model's placement into OUT/numa-plan.json."""
+"""``numaplan compile``: plan a model's placement into OUT/numa-plan.json and build its library
+(when the model directory names its Relax module)."""
 
 from __future__ import annotations
 
