@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from numaplan._version import __version__
-from numaplan.cost.slit import DEFAULT_PENALTY, Penalty
+from numaplan.cost import DEFAULT_PENALTY, Penalty
 from numaplan.errors import NumaplanError, UsageError
 
 log = logging.getLogger(__name__)
