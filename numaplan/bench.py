@@ -258,9 +258,23 @@ def _timed_with(fn: Any) -> tuple[float, Any]:
 
 
 def compile_example(model_dir: Path, w: int) -> Path:
-    """Plan the example model for ``w`` workers on this machine and build its library (what
-    ``numaplan compile MODEL_DIR --tp W`` does, with ``--oversubscribe`` on a machine with fewer
-    CPUs than workers); the library's path."""
+    """Plan the example model for ``w`` workers on this machine and build its library.
+
+    What ``numaplan compile MODEL_DIR --tp W`` does (with ``--oversubscribe`` on a machine with
+    fewer CPUs than workers), through the library.
+
+    Parameters
+    ----------
+    model_dir
+        A directory written by :func:`numaplan.tiny_llama.build.build_model_dir`.
+    w
+        Tensor-parallel workers.
+
+    Returns
+    -------
+    pathlib.Path
+        The library, ``<model_dir>/../tp<w>/<name>-numa-llvm.so``; the plan is embedded in it.
+    """
     from numaplan.model import load_workload
     from numaplan.model.relax_source import read_relax_source
     from numaplan.passes.build import build_library, library_name

@@ -24,13 +24,16 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from numaplan._version import __version__
 from numaplan.cost import DEFAULT_PENALTY, Penalty
 from numaplan.errors import NumaplanError, UsageError
+
+if TYPE_CHECKING:
+    from numaplan.plan.settings import PlanSettings
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +267,15 @@ class Engine:
                  "compiled" if self.compiled else "library from cache/given")
 
     # -- library ----------------------------------------------------------------------------
-    def plan_settings(self) -> Any:
-        """The configuration's plan request (:class:`numaplan.plan.settings.PlanSettings`)."""
+    def plan_settings(self) -> PlanSettings:
+        """The configuration's plan request, as ``numaplan compile`` states its options.
+
+        Returns
+        -------
+        PlanSettings
+            What :func:`numaplan.plan.settings.resolve_settings` turns into the planner's
+            options and cost model.
+        """
         from numaplan.plan.settings import PlanSettings
 
         c = self.config

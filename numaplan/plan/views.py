@@ -66,7 +66,20 @@ def workers_per_node(plan: Plan) -> dict[int, int]:
 
 
 def threads_on_node(plan: Plan, node_id: int) -> int:
-    """Threads the plan's workers run on ``node_id`` (0 when it runs none)."""
+    """Threads the plan's workers run on a node.
+
+    Parameters
+    ----------
+    plan
+        The plan.
+    node_id
+        A node of the plan.
+
+    Returns
+    -------
+    int
+        The sum of the node's workers' threads; 0 when it runs none.
+    """
     return sum(w.num_threads for w in plan.workers if w.node_id == node_id)
 
 

@@ -58,7 +58,22 @@ def sample_path(name: str) -> Path:
 
 
 def read_sample(name: str) -> Topology:
-    """The topology of a sample machine (its source names the shipped file).
+    """The topology of a sample machine.
+
+    Parameters
+    ----------
+    name
+        One of :data:`SAMPLE_FILES` (``epyc``, ``hsw``, ``xeonmax``).
+
+    Returns
+    -------
+    Topology
+        Read from the shipped dump; its ``source`` names the file.
+
+    Raises
+    ------
+    TopologyError
+        For an unknown name.
 
     Examples
     --------
