@@ -6,7 +6,8 @@ as the ``numaplan`` command line and prints the command it stands for.
 1. what this machine is (topology);
 2. what crossing a node costs here (a quick probe, every buffer's placement audited);
 3. the embedded default model: a small Llama decoder the project writes itself in MLC's format
-   (``examples/tiny_llama``: ``mlc-chat-config.json``, ``tensor-cache.json``, shard files);
+   (``numaplan.tiny_llama``, documented in ``examples/tiny_llama``: ``mlc-chat-config.json``,
+   ``tensor-cache.json``, shard files);
    compiled for 2 tensor-parallel workers with the plan inside the library and the collectives
    lowered to numaplan's CPU collective;
 4. run: pinned workers, each loading its own shard into node-bound memory, generating greedy
@@ -22,15 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from examples.tiny_llama.build import build_model_dir
 from numaplan.cli.main import main
 from numaplan.model.presets import write_hf_config
+from numaplan.tiny_llama.build import build_model_dir
+from numaplan.topology import sample_path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "out" / "demo"
-EPYC = ROOT / "tests" / "data" / "topologies" / "epyc7742_2s_nps4_archer2.txt"
+EPYC = sample_path("epyc")
 W = 2
 
 

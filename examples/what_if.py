@@ -1,7 +1,7 @@
 """What if: Llama-3-8B- and 70B-shaped models on the sample machines, every strategy priced.
 
 No weights, no hardware: the workloads are built from the models' Hugging Face configs (the
-``numaplan.model.presets``), the machines from real ``numactl -H`` dumps shipped with the tests,
+``numaplan.model.presets``), the machines from real ``numactl -H`` dumps shipped with numaplan,
 the costs from SLIT distances (nominal figures, so read the numbers as a comparison of
 strategies, not a promise; give a measured cost model with ``numaplan probe`` for real ones).
 
@@ -18,13 +18,12 @@ from numaplan.cost import cost_from_slit
 from numaplan.model import load_workload, valid_tp_degrees
 from numaplan.model.presets import write_hf_config
 from numaplan.plan import PlanOptions, make_plan
-from numaplan.topology import read_numactl_file
+from numaplan.topology import read_sample
 
-ROOT = Path(__file__).resolve().parents[1]
 MACHINES = {
-    "2x Xeon E5-2698B v3 (2 nodes)": "hsw_2s_e5-2698bv3.txt",
-    "2x EPYC 7742 NPS4 (8 nodes)": "epyc7742_2s_nps4_archer2.txt",
-    "2x Xeon Max, HBM flat (2+2 nodes)": "xeonmax_2s_hbm_flat_aurora.txt",
+    "2x Xeon E5-2698B v3 (2 nodes)": "hsw",
+    "2x EPYC 7742 NPS4 (8 nodes)": "epyc",
+    "2x Xeon Max, HBM flat (2+2 nodes)": "xeonmax",
 }
 
 
@@ -37,14 +36,14 @@ def main() -> None:
     for preset in ("llama3-8b", "llama3-70b"):
         write_hf_config(tmp / preset, preset)
         wl = load_workload(tmp / preset, quantization=args.quantization)
-        for label, dump in MACHINES.items():
-            topo = read_numactl_file(ROOT / "tests" / "data" / "topologies" / dump)
+        for label, sample in MACHINES.items():
+            topo = read_sample(sample)
             nodes = len(topo.cpu_node_ids())
             w = max(x for x in valid_tp_degrees(wl) if x <= max(nodes, 1))
             plan = make_plan(wl, topo, cost_from_slit(topo, penalty=args.penalty),
                              PlanOptions(tensor_parallel_shards=w,
                                          numa_inter_node_penalty=args.penalty),
-                             model_name=preset)[0]
+                             model_name=preset).plan
             pr = plan.prediction
             print(f"\n{preset} {args.quantization} on {label}, W={w} "
                   f"(predicted, nominal figures):")

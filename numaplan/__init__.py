@@ -1,26 +1,44 @@
 """numaplan: plan and enforce NUMA placement for tensor-parallel LLM inference on CPUs.
 
-Importing this package is cheap: it never imports tvm or pulp. Those are loaded lazily by the
-layers that need them (``numaplan.passes``, ``numaplan.plan.solver_ilp``, ``numaplan.runtime``).
+Importing this package is cheap: it never imports tvm or pulp. The names below are loaded on
+first use (PEP 562), so ``import numaplan`` does not even import the engine; tvm and pulp are
+loaded lazily by the layers that need them (``numaplan.passes``, ``numaplan.plan.solver_ilp``,
+``numaplan.runtime``). Modules inside the package import what they need from its submodules
+(``numaplan._version``, ``numaplan.errors``, ...), never from this file.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from numaplan.engine import (
-    Engine,
-    EngineConfig,
-    NUMATensorParallelConfig,
-    get_numa_topology,
-)
-from numaplan.errors import (
-    CostModelError,
-    InfeasiblePlanError,
-    ModelFormatError,
-    NumaplanError,
-    PlacementError,
-    SchemaVersionError,
-    TopologyError,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from numaplan._version import __version__
+
+if TYPE_CHECKING:
+    from numaplan.engine import (
+        Engine,
+        EngineConfig,
+        NUMATensorParallelConfig,
+        get_numa_topology,
+    )
+    from numaplan.errors import (
+        CostModelError,
+        InfeasiblePlanError,
+        ModelFormatError,
+        NumaplanError,
+        PlacementError,
+        SchemaVersionError,
+        TopologyError,
+    )
+
+#: Public name -> the submodule that defines it.
+_WHERE = {
+    "Engine": "engine", "EngineConfig": "engine", "NUMATensorParallelConfig": "engine",
+    "get_numa_topology": "engine",
+    "CostModelError": "errors", "InfeasiblePlanError": "errors", "ModelFormatError": "errors",
+    "NumaplanError": "errors", "PlacementError": "errors", "SchemaVersionError": "errors",
+    "TopologyError": "errors",
+}
 
 __all__ = [
     "CostModelError",
@@ -36,3 +54,17 @@ __all__ = [
     "__version__",
     "get_numa_topology",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _WHERE[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from numaplan.errors import NumaplanError
 
@@ -23,6 +25,39 @@ def publish(tmp: str | Path, path: str | Path, *, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def atomic_file(path: str | Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Open a temporary file beside ``path``; on a clean exit it becomes ``path`` atomically.
+
+    Readers see either the old file or the whole new one, never a part. On an exception the
+    temporary file is removed and ``path`` is left as it was.
+
+    Parameters
+    ----------
+    path
+        Destination file; its directory must exist.
+    mode
+        Permission bits of the finished file, under the umask (``mkstemp`` creates 0600, and what
+        numaplan writes is meant to be read by others).
+
+    Yields
+    ------
+    BinaryIO
+        The temporary file, open for binary writing.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        publish(tmp, path, mode=mode)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
 
@@ -33,19 +68,8 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     data
         Text (written as UTF-8) or bytes.
     """
-    path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; a plan or cost file is meant to be read by others.
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
 
 
 def read_json(path: str | Path, *, error: type[NumaplanError] = NumaplanError) -> Any:

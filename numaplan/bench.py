@@ -32,9 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from numaplan import __version__
+from numaplan._io import atomic_file, write_atomic
+from numaplan._version import __version__
 
-ROOT = Path(__file__).resolve().parents[1]
+#: The checkout numaplan runs from, if any: its commit is recorded with the results.
+CHECKOUT = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = (1024, 8192, 65536)  # elements (float16: 2 KiB, 16 KiB, 128 KiB)
 
 
@@ -44,7 +46,7 @@ def _progress(msg: str) -> None:
 
 def _commit() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        out = subprocess.run(["git", "-C", str(CHECKOUT), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -177,24 +179,24 @@ def bench_planner() -> dict[str, Any]:
     from numaplan.model import load_workload
     from numaplan.model.presets import write_hf_config
     from numaplan.plan import PlanOptions, make_plan
-    from numaplan.topology import read_numactl_file
+    from numaplan.topology import read_sample
 
     d = Path(tempfile.mkdtemp()) / "llama3-70b"
     write_hf_config(d, "llama3-70b")
     t0 = time.perf_counter()
     wl = load_workload(d, quantization="q4f16_1")
-    topo = read_numactl_file(ROOT / "tests/data/topologies/epyc7742_2s_nps4_archer2.txt")
-    plan, report, _, _ = make_plan(wl, topo, cost_from_slit(topo),
-                                   PlanOptions(tensor_parallel_shards=8), model_name="70b")
+    topo = read_sample("epyc")
+    planned = make_plan(wl, topo, cost_from_slit(topo), PlanOptions(tensor_parallel_shards=8),
+                        model_name="70b")
+    plan = planned.plan
     return {"benchmark": "planner", "case": "Llama-3-70B-shaped q4f16_1, W=8, EPYC 8 nodes",
             "wall_s": round(time.perf_counter() - t0, 3), "solver": plan.solver.name,
-            "status": plan.solver.status, "solve_s": report.solve_s,
+            "status": plan.solver.status, "solve_s": planned.report.solve_s,
             "fraction_of_bound": plan.prediction.fraction_of_bound}
 
 
 def _example_model(tmp: Path, size: str = "default") -> Path:
-    sys.path.insert(0, str(ROOT))
-    from examples.tiny_llama.build import build_model_dir
+    from numaplan.tiny_llama.build import build_model_dir
 
     return build_model_dir(tmp / f"tiny-llama-{size}", size=size, dtype="float32")
 
@@ -210,7 +212,7 @@ def load_inputs(model_dir: Path) -> tuple[Any, Any, list[str], list[Path], int]:
     wl = load_workload(model_dir)
     topo = read_sysfs("/")
     plan = make_plan(wl, topo, cost_from_slit(topo), PlanOptions(tensor_parallel_shards=1),
-                     model_name=model_dir.name)[0]
+                     model_name=model_dir.name).plan
     files = sorted(model_dir.glob("params_shard_*.bin"))
     return wl, plan, [t.name for t in plan.tensors], files, sum(f.stat().st_size for f in files)
 
@@ -255,15 +257,47 @@ def _timed_with(fn: Any) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
+def compile_example(model_dir: Path, w: int) -> Path:
+    """Plan the example model for ``w`` workers on this machine and build its library.
+
+    What ``numaplan compile MODEL_DIR --tp W`` does (with ``--oversubscribe`` on a machine with
+    fewer CPUs than workers), through the library.
+
+    Parameters
+    ----------
+    model_dir
+        A directory written by :func:`numaplan.tiny_llama.build.build_model_dir`.
+    w
+        Tensor-parallel workers.
+
+    Returns
+    -------
+    pathlib.Path
+        The library, ``<model_dir>/../tp<w>/<name>-numa-llvm.so``; the plan is embedded in it.
+    """
+    from numaplan.model import load_workload
+    from numaplan.model.relax_source import read_relax_source
+    from numaplan.passes.build import build_library, library_name
+    from numaplan.plan import PlanSettings, make_plan, resolve_settings
+    from numaplan.topology import read_sysfs
+
+    wl = load_workload(model_dir)
+    topo = read_sysfs("/")
+    settings = PlanSettings(tensor_parallel_shards=w,
+                            oversubscribe=w > len(os.sched_getaffinity(0)))
+    opts, cost = resolve_settings(settings, wl, topo)
+    plan = make_plan(wl, topo, cost, opts, model_name=model_dir.name).plan
+    src = read_relax_source(model_dir)
+    if src is None:
+        raise RuntimeError(f"{model_dir} has no Relax module to build")
+    out = model_dir.parent / f"tp{w}" / library_name(model_dir.name)
+    return Path(build_library(model_dir, src, plan, out).path)
+
+
 def bench_decode(model_dir: Path, w: int, numa: bool, tokens: int) -> dict[str, Any]:
-    from numaplan.cli.main import main as cli
     from numaplan.runtime.session import NumaRuntime, RunOptions
 
-    out = model_dir.parent / f"tp{w}"
-    extra = ["--oversubscribe"] if w > len(os.sched_getaffinity(0)) else []
-    if cli(["compile", str(model_dir), "--tp", str(w), "-o", str(out), *extra]) != 0:
-        raise RuntimeError("compile failed")
-    lib = out / f"{model_dir.name}-numa-llvm.so"
+    lib = compile_example(model_dir, w)
     with NumaRuntime(model_dir, lib, options=RunOptions(enforce_placement=numa,
                                                         max_seq_len=256)) as rt:
         rt.generate([1, 2, 3, 4], 4)
@@ -299,7 +333,9 @@ def plot(results: dict[str, Any], path: str) -> None:
     ax.set_title(f"numaplan all-reduce, {r['world_size']} ranks ({r['dtype']})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_file(path) as f:
+        # The format follows the file name, as savefig(path) would choose it.
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=100)
     plt.close(fig)
 
 
@@ -339,14 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _progress(f"decode, W={W}, placement {'on' if args.enable_numa_tp else 'off'}")
         results["decode"] = bench_decode(model, W, args.enable_numa_tp, args.tokens)
     doc = {"numaplan_version": __version__, "commit": _commit(), "machine": machine_info(),
-           "model": "examples/tiny_llama default (q0f32)", "method": {
+           "model": "numaplan.tiny_llama default (q0f32)", "method": {
                "tensor_parallel_shards": W, "enable_numa_tp": args.enable_numa_tp,
                "statistic": "median over iterations after warm-up"},
            "wall_s": round(time.perf_counter() - t_start, 1), "results": results}
     NUMATensorParallelBenchmark.print_results(doc)
     if args.output_file:
-        from numaplan._io import write_atomic
-
         write_atomic(args.output_file, json.dumps(doc, indent=2) + "\n")
         _progress(f"wrote {args.output_file}")
     if args.png:

@@ -5,7 +5,7 @@ Examples
 --------
 >>> from numaplan import Engine, EngineConfig            # doctest: +SKIP
 >>> cfg = EngineConfig(model="out/demo/model", tensor_parallel_shards=2,
-...                    numa_tensor_parallel=True, numa_inter_node_penalty=0.3)
+...                    numa_tensor_parallel=True, numa_inter_node_penalty=0.5)
 >>> with Engine(cfg) as engine:
 ...     tokens = engine.generate([1, 2, 3], max_new_tokens=8)
 ...     engine.communicator.get_communication_stats()["inter_node_percentage"]
@@ -24,12 +24,16 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from numaplan import __version__
+from numaplan._version import __version__
+from numaplan.cost import DEFAULT_PENALTY, Penalty
 from numaplan.errors import NumaplanError, UsageError
+
+if TYPE_CHECKING:
+    from numaplan.plan.settings import PlanSettings
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +66,7 @@ class NUMATensorParallelConfig(BaseModel):
 
     enable_numa_tp: bool = True
     node_affinity: dict[int, int] | None = None
-    inter_node_bandwidth_penalty: float = 0.3
-
-    @field_validator("inter_node_bandwidth_penalty")
-    @classmethod
-    def _penalty(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"inter_node_bandwidth_penalty must be in 0..1, got {v}")
-        return v
+    inter_node_bandwidth_penalty: Penalty = DEFAULT_PENALTY
 
 
 class EngineConfig(BaseModel):
@@ -116,7 +113,7 @@ class EngineConfig(BaseModel):
     tensor_parallel_shards: int | None = None
     numa_tensor_parallel: bool = False
     numa_nodes: list[int] | None = None
-    numa_inter_node_penalty: float = 0.3
+    numa_inter_node_penalty: Penalty = DEFAULT_PENALTY
     numa_prefer_local_memory: bool = True
     numa_config: NUMATensorParallelConfig | None = None
     node_affinity: dict[int, int] = Field(default_factory=dict)
@@ -124,13 +121,6 @@ class EngineConfig(BaseModel):
     cache_dir: str | None = None
     oversubscribe: bool = False
     max_seq_len: int | None = None
-
-    @field_validator("numa_inter_node_penalty")
-    @classmethod
-    def _penalty(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"numa_inter_node_penalty must be in 0..1, got {v}")
-        return v
 
     @field_validator("tensor_parallel_shards")
     @classmethod
@@ -277,28 +267,28 @@ class Engine:
                  "compiled" if self.compiled else "library from cache/given")
 
     # -- library ----------------------------------------------------------------------------
-    def _plan_options(self) -> Any:
-        from numaplan.cli._planning import default_tp
-        from numaplan.plan import PlanOptions
+    def plan_settings(self) -> PlanSettings:
+        """The configuration's plan request, as ``numaplan compile`` states its options.
+
+        Returns
+        -------
+        PlanSettings
+            What :func:`numaplan.plan.settings.resolve_settings` turns into the planner's
+            options and cost model.
+        """
+        from numaplan.plan.settings import PlanSettings
 
         c = self.config
-        return PlanOptions(
-            tensor_parallel_shards=c.tensor_parallel_shards or
-            default_tp(self.workload, self.topology),
+        return PlanSettings(
+            tensor_parallel_shards=c.tensor_parallel_shards,
             numa_nodes=tuple(c.numa_nodes) if c.numa_nodes else None,
             numa_inter_node_penalty=c.numa_inter_node_penalty,
             numa_prefer_local_memory=c.numa_prefer_local_memory,
-            node_affinity=dict(c.node_affinity), oversubscribe=c.oversubscribe)
-
-    def _cost(self) -> Any:
-        from numaplan.cost import cost_from_slit, read_cost_json
-
-        if self.config.cost_model:
-            return read_cost_json(self.config.cost_model)
-        return cost_from_slit(self.topology, penalty=self.config.numa_inter_node_penalty)
+            node_affinity=dict(c.node_affinity), cost_model=c.cost_model,
+            oversubscribe=c.oversubscribe)
 
     def _library(self) -> tuple[Path, Path]:
-        from numaplan.plan import make_plan, write_plan
+        from numaplan.plan import make_plan, resolve_settings, write_plan
 
         if self.config.model_lib:
             lib = Path(self.config.model_lib)
@@ -309,8 +299,7 @@ class Engine:
         if src is None:
             raise NumaplanError("no model_lib given and the model directory has no Relax "
                                 "module to build (numaplan-model.json)", path=self.config.model)
-        opts = self._plan_options()
-        cost = self._cost()
+        opts, cost = resolve_settings(self.plan_settings(), self.workload, self.topology)
         # Keyed on stable inputs (not on the plan file: it records free memory, which moves).
         key = hashlib.sha256(json.dumps({
             "numaplan": __version__, "model": self.workload.fingerprint,
@@ -326,7 +315,7 @@ class Engine:
         if lib.exists() and (out / "numa-plan.json").exists():
             log.info("library cache hit: %s", lib)
             return lib, out
-        plan, _, _, _ = make_plan(self.workload, self.topology, cost, opts, model_name=name)
+        plan = make_plan(self.workload, self.topology, cost, opts, model_name=name).plan
         from numaplan.passes.build import build_library
 
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")

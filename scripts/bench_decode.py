@@ -88,7 +88,7 @@ def main() -> int:
         print(json.dumps(single_process(Path(args.single[0]), Path(args.single[1]),
                                         args.tokens, threads=2)))
         return 0
-    from examples.tiny_llama.build import build_model_dir
+    from numaplan.tiny_llama.build import build_model_dir
 
     root = Path(tempfile.mkdtemp(prefix="numaplan-decode-"))
     d = build_model_dir(root / f"tiny-{args.size}", size=args.size, dtype="float32")

@@ -54,7 +54,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model-dir")
     args = ap.parse_args()
-    from examples.tiny_llama.build import build_model_dir
+    from numaplan.tiny_llama.build import build_model_dir
 
     d = Path(args.model_dir) if args.model_dir else build_model_dir(
         Path(tempfile.mkdtemp()) / f"tiny-{args.size}", size=args.size, dtype=args.dtype)

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from numaplan.model.presets import write_hf_config  # noqa: E402
-from numaplan.topology import synthetic_topology  # noqa: E402
+from numaplan.topology import sample_path, synthetic_topology  # noqa: E402
 
-EPYC = ROOT / "tests/data/topologies/epyc7742_2s_nps4_archer2.txt"
+EPYC = sample_path("epyc")
 
 
 def compile_case(name, model, quant, topo_args, w, out, extra=()):

@@ -2,8 +2,8 @@
 
 Usage: ``python scripts/bench_probe.py [--skip-quick] [--json FILE]``
 
-Runs a quick probe (for its wall time) and then the full probe ``probe(read_sysfs("/"),
-quick=False)``, and prints for each: the read-bandwidth and latency matrices, the plain
+Runs a quick probe (for its wall time) and then the full probe ``probe(read_sysfs("/"))``,
+and prints for each: the read-bandwidth and latency matrices, the plain
 ``np.copyto`` figures per CPU node next to the probe's local read bandwidth, the page audit and
 the wall time.
 """
@@ -15,7 +15,7 @@ import sys
 import time
 
 from numaplan.cost.model import CostModel
-from numaplan.cost.probe import print_progress, probe
+from numaplan.cost.probe import ProbeSettings, print_progress, probe
 from numaplan.topology import read_sysfs
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     runs.append(("full probe", False))
     for title, quick in runs:
         t0 = time.perf_counter()
-        cost = probe(topo, quick=quick, progress=print_progress)
+        cost = probe(topo, ProbeSettings(quick=quick), progress=print_progress)
         seconds = time.perf_counter() - t0
         print(report(title, cost, seconds), flush=True)
         if not quick and args.json:

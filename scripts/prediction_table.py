@@ -21,9 +21,7 @@ from numaplan.cost import build_cost_model, cost_from_slit  # noqa: E402
 from numaplan.model import load_workload  # noqa: E402
 from numaplan.model.presets import write_hf_config  # noqa: E402
 from numaplan.plan import PlanOptions, make_plan  # noqa: E402
-from numaplan.topology import read_numactl_file, synthetic_topology  # noqa: E402
-
-FIX = ROOT / "tests" / "data" / "topologies"
+from numaplan.topology import read_sample, synthetic_topology  # noqa: E402
 
 
 def scaled(topo, factors):
@@ -38,9 +36,9 @@ def main() -> None:
     d = Path(tempfile.mkdtemp()) / "llama3-70b"
     write_hf_config(d, "llama3-70b")
     wl = load_workload(d, quantization="q4f16_1")
-    hsw = read_numactl_file(FIX / "hsw_2s_e5-2698bv3.txt")
-    epyc = read_numactl_file(FIX / "epyc7742_2s_nps4_archer2.txt")
-    xmax = read_numactl_file(FIX / "xeonmax_2s_hbm_flat_aurora.txt")
+    hsw = read_sample("hsw")
+    epyc = read_sample("epyc")
+    xmax = read_sample("xeonmax")
     snc = synthetic_topology(sockets=2, nodes_per_socket=2, cores_per_node=16,
                              mem_per_node_bytes=128 << 30)
     memless = synthetic_topology(sockets=2, nodes_per_socket=2, cores_per_node=16,
@@ -63,7 +61,7 @@ def main() -> None:
     for kind, name, topo, cost, w, local in cases:
         plan = make_plan(wl, topo, cost, PlanOptions(tensor_parallel_shards=w,
                                                      numa_prefer_local_memory=local),
-                         model_name="70b")[0]
+                         model_name="70b").plan
         pr = plan.prediction
         best = max(pr.baselines.items(), key=lambda kv: kv[1].tokens_per_s)
         print(f"{kind:<8} {name:<32} {w:>2} {pr.tokens_per_s:>10.3f} "

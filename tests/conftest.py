@@ -1,12 +1,13 @@
-"""Shared fixtures: paths of the sample topology dumps shipped with the project."""
+"""Shared fixtures: paths of the sample topology dumps shipped with the package."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from numaplan.topology import sample_path
 
 # CI runs the property tests on a fixed seed (a red run must be a real regression, not a draw);
 # every failing example a search ever found is pinned with @example beside its test. Locally
@@ -16,16 +17,8 @@ settings.register_profile("dev", print_blob=True)
 settings.load_profile(os.environ.get("NUMAPLAN_HYPOTHESIS_PROFILE")
                       or ("ci" if os.environ.get("CI") else "dev"))
 
-DATA = Path(__file__).parent / "data"
-TOPOLOGIES = DATA / "topologies"
-
 
 @pytest.fixture
 def topo_file():
-    """Return the path of a sample topology dump by short name."""
-    names = {
-        "epyc": "epyc7742_2s_nps4_archer2.txt",
-        "hsw": "hsw_2s_e5-2698bv3.txt",
-        "xeonmax": "xeonmax_2s_hbm_flat_aurora.txt",
-    }
-    return lambda name: TOPOLOGIES / names[name]
+    """Return the path of a sample topology dump by short name (they ship with the package)."""
+    return sample_path

@@ -62,7 +62,7 @@ def compile_model_timed(mod: tvm.IRModule, target: str | dict | tvm.target.Targe
 def compile_model(mod: tvm.IRModule, target: str | dict | tvm.target.Target = "llvm", *,
                   pipeline: str = "default",
                   pre_passes: Sequence[tvm.transform.Pass] = ()) -> relax.VMExecutable:
-    """Compile ``mod`` (e.g. from :func:`examples.tiny_llama.model.build_ir_module`) for CPU.
+    """Compile ``mod`` (e.g. from :func:`numaplan.tiny_llama.model.build_ir_module`) for CPU.
 
     Parameters
     ----------

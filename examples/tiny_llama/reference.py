@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from examples.tiny_llama.config import LlamaConfig
 from numaplan.model import Workload, load_workload, slice_shard
+from numaplan.tiny_llama.config import LlamaConfig
 
 _MLC_CONFIG = "mlc-chat-config.json"
 

@@ -35,15 +35,3 @@ def emit(text: str, output: str | None) -> None:
         print(f"wrote {output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-
-
-def human_bytes(n: int | None) -> str:
-    """``4.6 GiB`` style sizes; ``?`` for unknown."""
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

@@ -6,10 +6,12 @@ import argparse
 from pathlib import Path
 
 from numaplan.cli.help import HELP
-from numaplan.cost import CostModel, cost_from_slit, read_cost_json, read_mlc_files
+from numaplan.cost import DEFAULT_PENALTY, check_penalty
 from numaplan.errors import ModelFormatError, UsageError
-from numaplan.model import Workload, load_workload, valid_tp_degrees
-from numaplan.topology import Topology, parse_cpulist
+from numaplan.model import Workload, load_workload
+from numaplan.plan.planner import DEFAULT_TIME_LIMIT_S
+from numaplan.plan.settings import PlanSettings
+from numaplan.topology import parse_cpulist
 
 
 def add_cost_args(p: argparse.ArgumentParser) -> None:
@@ -18,8 +20,8 @@ def add_cost_args(p: argparse.ArgumentParser) -> None:
     x = g.add_mutually_exclusive_group()
     x.add_argument("--cost", metavar="JSON", help=HELP["cost"])
     x.add_argument("--mlc-output", metavar="FILE", help=HELP["mlc_output"])
-    g.add_argument("--numa-inter-node-penalty", type=float, default=0.3, metavar="P",
-                   help=HELP["penalty"])
+    g.add_argument("--numa-inter-node-penalty", type=float, default=DEFAULT_PENALTY,
+                   metavar="P", help=HELP["penalty"])
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
@@ -31,22 +33,29 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--node-affinity", metavar="W:N,...", help=HELP["node_affinity"])
     g.add_argument("--solver", default="auto", help=HELP["solver"])
     g.add_argument("--mip-backend", default="auto", help=HELP["mip_backend"])
-    g.add_argument("--time-limit", type=float, default=30.0, metavar="S", help=HELP["time_limit"])
+    g.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, metavar="S",
+                   help=HELP["time_limit"])
     g.add_argument("--batch-size", type=int, default=1, metavar="B", help=HELP["batch_size"])
     g.add_argument("--context-tokens", type=int, metavar="N", help=HELP["context_tokens"])
     g.add_argument("--quantization", metavar="NAME", help=HELP["quantization"])
     g.add_argument("--oversubscribe", action="store_true", help=HELP["oversubscribe"])
 
 
-def load_cost(args: argparse.Namespace, topo: Topology) -> CostModel:
-    """The cost model the options name, checked against the topology."""
-    if args.cost:
-        cost = read_cost_json(args.cost)
-        cost.check_covers(topo, source=args.cost)
-        return cost
-    if args.mlc_output:
-        return read_mlc_files(args.mlc_output, None, topo)
-    return cost_from_slit(topo, penalty=args.numa_inter_node_penalty)
+def settings_from_args(args: argparse.Namespace) -> PlanSettings:
+    """The plan settings the cost and plan options name."""
+    # Checked here so that an out-of-range value is the library's one-line error, not a
+    # pydantic report.
+    check_penalty(args.numa_inter_node_penalty)
+    return PlanSettings(
+        tensor_parallel_shards=args.tensor_parallel_shards,
+        numa_nodes=parse_nodes(args.numa_nodes),
+        numa_inter_node_penalty=args.numa_inter_node_penalty,
+        numa_prefer_local_memory=not args.no_prefer_local_memory,
+        node_affinity=parse_affinity(args.node_affinity),
+        cost_model=args.cost, mlc_output=args.mlc_output,
+        batch_size=args.batch_size, context_tokens=args.context_tokens,
+        solver=args.solver, mip_backend=args.mip_backend, time_limit_s=args.time_limit,
+        oversubscribe=args.oversubscribe)
 
 
 def parse_affinity(text: str | None) -> dict[int, int]:
@@ -80,11 +89,3 @@ def load_model(path: str, quantization: str | None) -> Workload:
         raise ModelFormatError("model directory not found", path=path)
     return load_workload(path, quantization=quantization)
 
-
-def default_tp(workload: Workload, topo: Topology) -> int:
-    """The config's degree if > 1, else the largest valid W <= usable CPU nodes."""
-    if workload.tensor_parallel_shards > 1:
-        return workload.tensor_parallel_shards
-    n = len(topo.cpu_node_ids())
-    valid = [w for w in valid_tp_degrees(workload) if w <= n]
-    return max(valid or [1])

@@ -83,7 +83,7 @@ def check_plan(args: argparse.Namespace) -> list[str]:
         for j, b in sorted(mine.over_capacity.items()):
             reasons.append(f"does not fit: node {j} lacks {b} bytes ({b / 2**30:.2f} GiB)")
     try:
-        fresh, _, _, _ = make_plan(workload, topo, cost, opts, model_name=plan.model.name)
+        fresh = make_plan(workload, topo, cost, opts, model_name=plan.model.name).plan
     except InfeasiblePlanError as exc:
         return [*reasons, f"a fresh solve finds no placement: {exc}"]
     if fresh.prediction.token_s * (1 + args.tolerance) < mine.token_s:

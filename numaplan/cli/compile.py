@@ -1,4 +1,5 @@
-"""``numaplan compile``: plan a model's placement into OUT/numa-plan.json."""
+"""``numaplan compile``: plan a model's placement into OUT/numa-plan.json and build its library
+(when the model directory names its Relax module)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,13 @@ import sys
 from pathlib import Path
 
 from numaplan._io import write_atomic
-from numaplan.cli._common import add_topology_args, human_bytes, topology_from_args
-from numaplan.cli._planning import (
-    add_cost_args,
-    add_plan_args,
-    default_tp,
-    load_cost,
-    load_model,
-    parse_affinity,
-    parse_nodes,
-)
+from numaplan.cli._common import add_topology_args, topology_from_args
+from numaplan.cli._planning import add_cost_args, add_plan_args, load_model, settings_from_args
 from numaplan.cli.help import HELP
 from numaplan.errors import UsageError
 from numaplan.model.relax_source import SOURCE_FILE, read_relax_source
-from numaplan.plan import Plan, PlanOptions, make_plan, write_plan
+from numaplan.plan import Plan, make_plan, resolve_settings, write_plan
+from numaplan.plan.formatting import format_tps, human_bytes
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,26 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def options_from_args(args: argparse.Namespace, workload, topo) -> PlanOptions:
-    """PlanOptions from the shared planning options."""
-    return PlanOptions(
-        tensor_parallel_shards=args.tensor_parallel_shards or default_tp(workload, topo),
-        numa_nodes=parse_nodes(args.numa_nodes),
-        numa_inter_node_penalty=args.numa_inter_node_penalty,
-        numa_prefer_local_memory=not args.no_prefer_local_memory,
-        node_affinity=parse_affinity(args.node_affinity),
-        batch_size=args.batch_size, context_tokens=args.context_tokens,
-        solver=args.solver, mip_backend=args.mip_backend, time_limit_s=args.time_limit,
-        oversubscribe=args.oversubscribe)
-
-
 def run(args: argparse.Namespace) -> int:
     workload = load_model(args.model_dir, args.quantization)
     topo = topology_from_args(args)
-    cost = load_cost(args, topo)
-    opts = options_from_args(args, workload, topo)
+    opts, cost = resolve_settings(settings_from_args(args), workload, topo)
     name = Path(args.model_dir).resolve().name
-    plan, report, _, _ = make_plan(workload, topo, cost, opts, model_name=name)
+    planned = make_plan(workload, topo, cost, opts, model_name=name)
+    plan, report = planned.plan, planned.report
     out = Path(args.output or Path("out") / name)
     src = read_relax_source(args.model_dir)
     built = None
@@ -121,13 +102,13 @@ def render_summary(plan: Plan, path: str, seconds: float | None = None) -> str:
                      f"{human_bytes(n.bytes_homed):>10} {read:>11}")
     label = "predicted (nominal cost figures)" if pr.nominal else "predicted"
     lines.append("")
-    lines.append(f"{label}: {pr.tokens_per_s:.2f} tokens/s at batch {pr.batch_size} "
+    lines.append(f"{label}: {format_tps(pr.tokens_per_s)} tokens/s at batch {pr.batch_size} "
                  f"(read {pr.read_s * 1e3:.3f} ms + collectives {pr.collective_s * 1e3:.3f} ms "
-                 f"per token); lower bound {pr.lower_bound_tokens_per_s:.2f} tokens/s: plan "
-                 f"reaches {100 * pr.fraction_of_bound:.1f}%")
+                 f"per token); lower bound {format_tps(pr.lower_bound_tokens_per_s)} tokens/s: "
+                 f"plan reaches {100 * pr.fraction_of_bound:.1f}%")
     if pr.baselines:
         lines.append("baselines (same model of the machine): " + ", ".join(
-            f"{k} {v.tokens_per_s:.2f}" + ("" if v.fits else " (does not fit)")
+            f"{k} {format_tps(v.tokens_per_s)}" + ("" if v.fits else " (does not fit)")
             for k, v in pr.baselines.items()) + " tokens/s")
     crossing = pr.cross_node_read_bytes_per_token
     lines.append(f"cross-node reads: {human_bytes(crossing)} of "

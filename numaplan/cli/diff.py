@@ -12,7 +12,7 @@ import json
 
 from numaplan.cli.help import HELP
 from numaplan.plan import read_plan
-from numaplan.plan.compare import diff_plans, render_diff
+from numaplan.plan.diff import diff_plans, render_diff
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -22,7 +22,7 @@ HELP = {
 }
 
 HELP.update({
-    "compile": "plan a model's placement (and, later, build its library) into OUT/",
+    "compile": "plan a model's placement and build its library into OUT/",
     "model_dir": "MLC model directory (mlc-chat-config.json + tensor-cache.json), or a directory "
                  "with a Hugging Face config.json (then give --quantization)",
     "out_dir": "output directory (default: out/<model name>)",

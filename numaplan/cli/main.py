@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from numaplan import __version__
+from numaplan._version import __version__
 from numaplan.cli.help import HELP
 from numaplan.errors import NumaplanError
 

@@ -22,12 +22,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from numaplan.cost.probe import print_progress, probe
+    from numaplan.cost.probe import ProbeSettings, print_progress, probe
 
     topo = topology_from_args(args)
-    cost = probe(topo, quick=args.quick,
-                 buffer_bytes=None if args.buffer_mib is None else args.buffer_mib << 20,
-                 threads_per_node=args.threads_per_node, progress=print_progress)
+    settings = ProbeSettings(
+        quick=args.quick, threads_per_node=args.threads_per_node,
+        buffer_bytes=None if args.buffer_mib is None else args.buffer_mib << 20)
+    cost = probe(topo, settings, progress=print_progress)
     if args.output:
         emit(cost.to_json(), args.output)
     print(cost.to_json() if args.json else render_cost(cost, topo), end="")

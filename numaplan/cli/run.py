@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from numaplan.cli._common import human_bytes
 from numaplan.cli.help import HELP
 from numaplan.errors import UsageError
+from numaplan.plan.formatting import human_bytes
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ import sys
 
 from numaplan.cli.help import HELP
 from numaplan.plan import read_plan
-from numaplan.plan.render import render_plan_png, render_plan_table
+from numaplan.plan.table import render_plan_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     """
     plan = read_plan(args.plan)
     if args.png:
+        from numaplan.plan.picture import render_plan_png
+
         path = render_plan_png(plan, args.png)
         print(f"wrote {path}", file=sys.stderr)
     if args.json:

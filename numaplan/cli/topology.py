@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from numaplan.cli._common import add_topology_args, emit, human_bytes, topology_from_args
+from numaplan.cli._common import add_topology_args, emit, topology_from_args
 from numaplan.cli.help import HELP
+from numaplan.plan.formatting import human_bytes
 from numaplan.topology import Topology, format_cpulist
 
 

@@ -2,14 +2,22 @@
 
 from numaplan.cost.intel_mlc import cost_from_mlc, parse_mlc_matrix, read_mlc_files
 from numaplan.cost.model import CellAudit, CostModel, build_cost_model, read_cost_json
-from numaplan.cost.slit import DEFAULT_PENALTY, bandwidth_factor, cost_from_slit
+from numaplan.cost.slit import (
+    DEFAULT_PENALTY,
+    Penalty,
+    bandwidth_factor,
+    check_penalty,
+    cost_from_slit,
+)
 
 __all__ = [
     "DEFAULT_PENALTY",
     "CellAudit",
     "CostModel",
+    "Penalty",
     "bandwidth_factor",
     "build_cost_model",
+    "check_penalty",
     "cost_from_mlc",
     "cost_from_slit",
     "parse_mlc_matrix",

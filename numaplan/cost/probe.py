@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field
 from typing import Literal, TextIO
 
 import numpy as np
@@ -78,7 +79,54 @@ _BARRIER_TIMEOUT_S = 120.0
 
 
 class ProbeSettings(Frozen):
-    """The knobs of one probe run, after defaults are applied (recorded in ``params``)."""
+    """What a probe measures and how, as asked; unset fields follow the machine.
+
+    Attributes
+    ----------
+    quick
+        Smaller buffers (still >= 4x LLC) and fewer repeats: a few seconds per cell.
+    buffer_bytes
+        Bandwidth buffer size (default max(16 x LLC, 512 MiB); quick max(4 x LLC, 128 MiB));
+        also the latency buffer size unless ``latency_buffer_bytes`` is given.
+    latency_buffer_bytes
+        Latency buffer size (default max(8 x LLC, 256 MiB); quick as the bandwidth buffer).
+    threads_per_node
+        Reader threads per CPU node; default one per physical core of the node.
+    repeats
+        Timed repeats for both bandwidth and latency (default 10 / 5; quick 5 / 3).
+    warmup_s
+        Streaming time before the timed repeats of each cell (default 1 s, quick 0.25 s).
+    latency_loads
+        Dependent loads per latency repeat (default 2M, quick 300k, /4 for the Python chase).
+    kernel
+        ``auto`` (C if a compiler works, else numpy), ``c`` or ``numpy``.
+    huge_pages
+        ``madvise(MADV_HUGEPAGE)`` the buffers; default when THP is ``always`` or ``madvise``.
+    allow_fallback
+        When mbind is refused (containers without CAP_SYS_NICE), place pages by first touch
+        from a thread of the memory node instead of failing; the audit shows the result.
+    numpy_copy
+        Also measure the ``np.copyto`` figure per CPU node.
+    seed
+        Seed of the latency chains.
+    """
+
+    quick: bool = False
+    buffer_bytes: int | None = None
+    latency_buffer_bytes: int | None = None
+    threads_per_node: int | None = None
+    repeats: int | None = None
+    warmup_s: float | None = None
+    latency_loads: int | None = None
+    kernel: KernelChoice = "auto"
+    huge_pages: bool | None = None
+    allow_fallback: bool = False
+    numpy_copy: bool = True
+    seed: int = 0
+
+
+class ResolvedProbeSettings(Frozen):
+    """The sizes and repeats of one probe run, every default applied (recorded in ``params``)."""
 
     quick: bool
     buffer_bytes: int
@@ -148,20 +196,31 @@ def print_progress(event: ProbeEvent, stream: TextIO | None = None) -> None:
 
 
 # -- settings -------------------------------------------------------------------------------------
-def probe_settings(*, quick: bool = False, buffer_bytes: int | None = None,
-                   latency_buffer_bytes: int | None = None, repeats: int | None = None,
-                   warmup_s: float | None = None, latency_loads: int | None = None,
-                   huge_pages: bool | None = None, llc: int | None = None,
-                   python_chase: bool = False) -> ProbeSettings:
-    """Resolve the defaults of :func:`probe`.
+def resolve_probe_settings(settings: ProbeSettings, *, llc: int | None = None,
+                           python_chase: bool = False) -> ResolvedProbeSettings:
+    """Apply the defaults of :class:`ProbeSettings` for a machine.
 
     Defaults (LLC = last-level cache): bandwidth buffer max(16 x LLC, 512 MiB), latency buffer
     max(8 x LLC, 256 MiB), 10 bandwidth / 5 latency repeats, 1 s warm-up, 2M loads per latency
     run; ``quick``: max(4 x LLC, 128 MiB) for both, 5 / 3 repeats, 0.25 s warm-up, 300k loads.
     With the Python chase the load counts are divided by 4.
+
+    Parameters
+    ----------
+    settings
+        What was asked.
+    llc
+        Last-level cache bytes (default :data:`ASSUMED_LLC_BYTES`).
+    python_chase
+        Whether latency is measured by the Python loop (no C compiler).
+
+    Raises
+    ------
+    PlacementError
+        A buffer too small to measure memory, or fewer than one repeat.
     """
     llc = llc or ASSUMED_LLC_BYTES
-    if quick:
+    if settings.quick:
         bw = max(4 * llc, 128 * MIB)
         lat = bw
         bw_rep, lat_rep, warm, loads = 5, 3, 0.25, 300_000
@@ -171,25 +230,26 @@ def probe_settings(*, quick: bool = False, buffer_bytes: int | None = None,
         bw_rep, lat_rep, warm, loads = 10, 5, 1.0, 2_000_000
     if python_chase:
         loads //= 4
-    if buffer_bytes is not None:
-        bw = buffer_bytes
-        lat = buffer_bytes
-    if latency_buffer_bytes is not None:
-        lat = latency_buffer_bytes
+    if settings.buffer_bytes is not None:
+        bw = settings.buffer_bytes
+        lat = settings.buffer_bytes
+    if settings.latency_buffer_bytes is not None:
+        lat = settings.latency_buffer_bytes
     for name, v in (("buffer_bytes", bw), ("latency_buffer_bytes", lat)):
         if v < 64 * 1024:
             raise PlacementError(f"{name} of {v} bytes is too small to measure memory; use at "
                                  f"least 4x the last-level cache ({llc >> 20} MiB)")
-    if repeats is not None:
-        if repeats < 1:
-            raise PlacementError(f"repeats must be at least 1, got {repeats}")
-        bw_rep = lat_rep = repeats
+    if settings.repeats is not None:
+        if settings.repeats < 1:
+            raise PlacementError(f"repeats must be at least 1, got {settings.repeats}")
+        bw_rep = lat_rep = settings.repeats
+    huge_pages = settings.huge_pages
     if huge_pages is None:
         huge_pages = thp_mode() in ("always", "madvise")
-    return ProbeSettings(quick=quick, buffer_bytes=bw, latency_buffer_bytes=lat,
-                         bw_repeats=bw_rep, lat_repeats=lat_rep,
-                         warmup_s=warm if warmup_s is None else warmup_s,
-                         latency_loads=latency_loads or loads, huge_pages=huge_pages)
+    return ResolvedProbeSettings(
+        quick=settings.quick, buffer_bytes=bw, latency_buffer_bytes=lat, bw_repeats=bw_rep,
+        lat_repeats=lat_rep, warmup_s=warm if settings.warmup_s is None else settings.warmup_s,
+        latency_loads=settings.latency_loads or loads, huge_pages=huge_pages)
 
 
 def reader_cpus(topology: Topology, node_id: int, threads: int | None = None,
@@ -296,24 +356,9 @@ def measure_numpy_copy(pool: PinnedThreads, src: NodeBuffer, dst: NodeBuffer, *,
 
 
 # -- the probe -------------------------------------------------------------------------------------
-def probe(
-    topology: Topology,
-    *,
-    quick: bool = False,
-    buffer_bytes: int | None = None,
-    threads_per_node: int | None = None,
-    repeats: int | None = None,
-    progress: ProgressCallback | None = None,
-    latency_buffer_bytes: int | None = None,
-    latency_loads: int | None = None,
-    warmup_s: float | None = None,
-    kernel: KernelChoice = "auto",
-    huge_pages: bool | None = None,
-    allow_fallback: bool = False,
-    numpy_copy: bool = True,
-    backend: NumaBackend | str | None = None,
-    seed: int = 0,
-) -> CostModel:
+def probe(topology: Topology, settings: ProbeSettings | None = None, *,
+          progress: ProgressCallback | None = None,
+          backend: NumaBackend | str | None = None) -> CostModel:
     """Measure the read bandwidth and latency from every CPU node to every memory node.
 
     Parameters
@@ -321,37 +366,14 @@ def probe(
     topology
         The running machine (``read_sysfs("/")``); only its usable CPU nodes and allowed memory
         nodes are measured, other cells are ``None``.
-    quick
-        Smaller buffers (still >= 4x LLC) and fewer repeats: a few seconds per cell.
-    buffer_bytes
-        Bandwidth buffer size (default max(16 x LLC, 512 MiB); quick max(4 x LLC, 128 MiB));
-        also the latency buffer size unless ``latency_buffer_bytes`` is given.
-    threads_per_node
-        Reader threads per CPU node; default one per physical core of the node.
-    repeats
-        Timed repeats for both bandwidth and latency (default 10 / 5; quick 5 / 3).
+    settings
+        What to measure and how (buffer sizes, repeats, threads, kernel, fallbacks); default
+        :class:`ProbeSettings` ``()``: full-size buffers, defaults that follow the machine.
     progress
         Called with a :class:`ProbeEvent` when each cell starts and ends; see
         :func:`print_progress`.
-    latency_buffer_bytes
-        Latency buffer size (default max(8 x LLC, 256 MiB); quick as the bandwidth buffer).
-    latency_loads
-        Dependent loads per latency repeat (default 2M, quick 300k, /4 for the Python chase).
-    warmup_s
-        Streaming time before the timed repeats of each cell (default 1 s, quick 0.25 s).
-    kernel
-        ``auto`` (C if a compiler works, else numpy), ``c`` or ``numpy``.
-    huge_pages
-        ``madvise(MADV_HUGEPAGE)`` the buffers; default when THP is ``always`` or ``madvise``.
-    allow_fallback
-        When mbind is refused (containers without CAP_SYS_NICE), place pages by first touch
-        from a thread of the memory node instead of failing; the audit shows the result.
-    numpy_copy
-        Also measure the ``np.copyto`` figure per CPU node.
     backend
-        NUMA call backend (``libnuma`` / ``syscall``); default auto.
-    seed
-        Seed of the latency chains.
+        NUMA call backend (``libnuma`` / ``syscall``, or an instance); default auto.
 
     Returns
     -------
@@ -363,17 +385,69 @@ def probe(
     ------
     PlacementError
         When there is nothing to measure, a node lacks the free memory for the buffers, or the
-        OS refuses pinning or binding (and ``allow_fallback`` is off).
+        OS refuses pinning or binding (and ``settings.allow_fallback`` is off).
+
+    Examples
+    --------
+    >>> from numaplan.topology import read_sysfs                    # doctest: +SKIP
+    >>> cost = probe(read_sysfs("/"), ProbeSettings(quick=True))     # doctest: +SKIP
     """
+    settings = settings or ProbeSettings()
     t_begin = time.perf_counter()
     load_before, jiffies_before = load_average(), cpu_jiffies()
     be = get_backend(backend)
-    kern = load_kernels(kernel)
+    kern = load_kernels(settings.kernel)
     llc = llc_bytes()
-    cfg = probe_settings(quick=quick, buffer_bytes=buffer_bytes,
-                         latency_buffer_bytes=latency_buffer_bytes, repeats=repeats,
-                         warmup_s=warmup_s, latency_loads=latency_loads, huge_pages=huge_pages,
-                         llc=llc, python_chase=kern.latency_upper_bound)
+    cfg = resolve_probe_settings(settings, llc=llc, python_chase=kern.latency_upper_bound)
+    readers, mems = _cells(topology, settings.threads_per_node)
+    _check_free_memory(mems, max(cfg.buffer_bytes + cfg.latency_buffer_bytes,
+                                 2 * cfg.buffer_bytes if settings.numpy_copy else 0))
+    run = _Run(cfg=cfg, kern=kern, be=be, allow_fallback=settings.allow_fallback)
+
+    saved_affinity = get_affinity(0)
+    saved_policy: MemPolicy | None = None
+    with suppress(PlacementError):  # unreadable policy (seccomp): nothing to restore
+        saved_policy = get_mempolicy(backend=be)
+    try:
+        with ExitStack() as stack:
+            pools = {i: stack.enter_context(PinnedThreads(cpus, name=f"np-probe-n{i}"))
+                     for i, cpus in readers.items()}
+            _measure_cells(run, pools, mems, settings.seed, progress)
+            if settings.numpy_copy:
+                _measure_copies(run, topology, pools, mems)
+    finally:
+        _restore(saved_affinity, saved_policy, be)
+
+    params = _params(run, llc, readers, time.perf_counter() - t_begin)
+    params.update(_load_context(load_before, jiffies_before))
+    ids = topology.node_ids
+    return build_cost_model(None, node_ids=ids, read_bw_gbps=_matrix(run.bw, ids),
+                            lat_ns=_matrix(run.lat, ids), method="probe", params=params,
+                            topology_fingerprint=topology.fingerprint(),
+                            audit=tuple(run.audits))
+
+
+@dataclass
+class _Run:
+    """How one probe measures (resolved settings, kernels, backend) and what it found so far."""
+
+    cfg: ResolvedProbeSettings
+    kern: MemoryKernels
+    be: NumaBackend
+    allow_fallback: bool
+    bw: dict[tuple[int, int], float] = field(default_factory=dict)
+    bw_median: dict[tuple[int, int], float] = field(default_factory=dict)
+    lat: dict[tuple[int, int], float] = field(default_factory=dict)
+    audits: list[CellAudit] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    copy_figures: dict[int, tuple[float, float, int]] = field(default_factory=dict)
+    placements: set[str] = field(default_factory=set)
+    thp_fractions: list[float] = field(default_factory=list)
+
+
+def _cells(topology: Topology, threads_per_node: int | None
+           ) -> tuple[dict[int, tuple[int, ...]], list[int]]:
+    """The reader CPUs of every CPU node the process may use, and the allowed memory nodes."""
     live_cpus = set(allowed_cpus())
     live_mems = set(allowed_memory_nodes())
     readers = {i: reader_cpus(topology, i, threads_per_node, live_cpus)
@@ -384,102 +458,97 @@ def probe(
         raise PlacementError(f"nothing to probe: CPU nodes with allowed CPUs {sorted(readers)}, "
                              f"allowed memory nodes {mems}; is this topology the running "
                              f"machine's (read_sysfs('/'))?")
-    _check_free_memory(mems, max(cfg.buffer_bytes + cfg.latency_buffer_bytes,
-                                 2 * cfg.buffer_bytes if numpy_copy else 0))
+    return readers, mems
 
-    ids = topology.node_ids
-    bw: dict[tuple[int, int], float] = {}
-    bw_median: dict[tuple[int, int], float] = {}
-    lat: dict[tuple[int, int], float] = {}
-    audits: list[CellAudit] = []
-    warnings: list[str] = []
-    copy_figures: dict[int, tuple[float, float, int]] = {}
-    placements: set[str] = set()
-    thp_fractions: list[float] = []
-    total = len(readers) * len(mems)
 
-    saved_affinity = get_affinity(0)
-    saved_policy: MemPolicy | None = None
-    with suppress(PlacementError):  # unreadable policy (seccomp): nothing to restore
-        saved_policy = get_mempolicy(backend=be)
-    try:
-        with ExitStack() as stack:
-            pools = {i: stack.enter_context(PinnedThreads(cpus, name=f"np-probe-n{i}"))
-                     for i, cpus in readers.items()}
-            cell = 0
-            for j in mems:
-                with ExitStack() as bufs:
-                    bw_buf = bufs.enter_context(NodeBuffer(cfg.buffer_bytes,
-                                                           huge_pages=cfg.huge_pages))
-                    lat_buf = bufs.enter_context(NodeBuffer(cfg.latency_buffer_bytes,
-                                                            huge_pages=cfg.huge_pages))
-                    how = _place(j, (bw_buf, lat_buf), pools, kern, be, allow_fallback)
-                    placements.add(how)
-                    start = kern.build_chain(lat_buf.address, lat_buf.nbytes, seed + j)
-                    thp_fractions.extend(_thp_fraction(b) for b in (bw_buf, lat_buf)
-                                         if cfg.huge_pages)
-                    for i, pool in pools.items():
-                        cell += 1
-                        if progress:
-                            progress(ProbeEvent(cell_index=cell, cell_total=total,
-                                                reader_node_id=i, mem_node_id=j, stage="start",
-                                                threads=len(pool)))
-                        best, med = measure_read_bandwidth(
-                            pool, kern, bw_buf.address, bw_buf.nbytes, warmup_s=cfg.warmup_s,
-                            repeats=cfg.bw_repeats)
-                        ns = measure_latency(pool, kern, start, lat_buf,
-                                             loads=cfg.latency_loads, repeats=cfg.lat_repeats)
-                        # Audit after measuring: it shows where the pages were when the cell
-                        # ended, so a migration during the measurement is caught too.
-                        audit, note = _audit_buffers(i, j, (bw_buf, lat_buf), be,
-                                                     allow_fallback)
-                        warning = _audit_warning(audit, how, note)
-                        if warning:
-                            warnings.append(f"node {i} -> {j}: {warning}")
-                            log.warning("probe cell CPUs of node %d -> memory of node %d: %s",
-                                        i, j, warning)
-                        bw[i, j], bw_median[i, j], lat[i, j] = best, med, ns
-                        audits.append(audit)
-                        if progress:
-                            progress(ProbeEvent(
-                                cell_index=cell, cell_total=total, reader_node_id=i,
-                                mem_node_id=j, stage="done", threads=len(pool),
-                                read_bw_gbps=best, lat_ns=ns,
-                                lat_upper_bound=kern.latency_upper_bound, audit=audit,
-                                warning=warning))
-            if numpy_copy:
-                for i, pool in pools.items():
-                    j = _nearest_memory(topology, i, mems)
-                    with NodeBuffer(cfg.buffer_bytes, huge_pages=cfg.huge_pages) as src, \
-                            NodeBuffer(cfg.buffer_bytes, huge_pages=cfg.huge_pages) as dst:
-                        placements.add(_place(j, (src, dst), {i: pool}, kern, be,
-                                              allow_fallback, prefer_remote_filler=False))
-                        copy, read = measure_numpy_copy(pool, src, dst, warmup_s=cfg.warmup_s,
-                                                        repeats=cfg.bw_repeats)
-                    copy_figures[i] = (copy, read, j)
-    finally:
-        _restore(saved_affinity, saved_policy, be)
+def _measure_cells(run: _Run, pools: dict[int, PinnedThreads], mems: list[int], seed: int,
+                   progress: ProgressCallback | None) -> None:
+    """Every (CPU node, memory node) cell, memory node by memory node: each node's buffers are
+    placed and written once, then read by every CPU node in turn."""
+    cfg, kern = run.cfg, run.kern
+    total = len(pools) * len(mems)
+    cell = 0
+    for j in mems:
+        with NodeBuffer(cfg.buffer_bytes, huge_pages=cfg.huge_pages) as bw_buf, \
+                NodeBuffer(cfg.latency_buffer_bytes, huge_pages=cfg.huge_pages) as lat_buf:
+            how = _place(j, (bw_buf, lat_buf), pools, kern, run.be, run.allow_fallback)
+            run.placements.add(how)
+            start = kern.build_chain(lat_buf.address, lat_buf.nbytes, seed + j)
+            run.thp_fractions.extend(_thp_fraction(b) for b in (bw_buf, lat_buf)
+                                     if cfg.huge_pages)
+            for i, pool in pools.items():
+                cell += 1
+                if progress:
+                    progress(ProbeEvent(cell_index=cell, cell_total=total, reader_node_id=i,
+                                        mem_node_id=j, stage="start", threads=len(pool)))
+                done = _measure_cell(run, i, j, pool, (bw_buf, lat_buf), start, how,
+                                     position=(cell, total))
+                if progress:
+                    progress(done)
 
-    def matrix(values: dict[tuple[int, int], float]) -> tuple[tuple[float | None, ...], ...]:
-        return tuple(tuple(values.get((r, m)) for m in ids) for r in ids)
 
-    params = _params(cfg, kern, be, llc, readers, placements, thp_fractions, warnings,
-                     bw_median, copy_figures, time.perf_counter() - t_begin)
-    # Context for judging noise: other load when the probe started, hypervisor steal during it.
+def _measure_cell(run: _Run, i: int, j: int, pool: PinnedThreads,
+                  bufs: tuple[NodeBuffer, NodeBuffer], start: int, how: str, *,
+                  position: tuple[int, int]) -> ProbeEvent:
+    """Bandwidth, latency and audit of CPU node ``i`` reading memory node ``j`` (``bufs``: the
+    bandwidth and the latency buffer, placed by ``how``); the cell's ``done`` event."""
+    cfg, kern = run.cfg, run.kern
+    bw_buf, lat_buf = bufs
+    best, med = measure_read_bandwidth(pool, kern, bw_buf.address, bw_buf.nbytes,
+                                       warmup_s=cfg.warmup_s, repeats=cfg.bw_repeats)
+    ns = measure_latency(pool, kern, start, lat_buf, loads=cfg.latency_loads,
+                         repeats=cfg.lat_repeats)
+    # Audit after measuring: it shows where the pages were when the cell ended, so a migration
+    # during the measurement is caught too.
+    audit, note = _audit_buffers(i, j, bufs, run.be, run.allow_fallback)
+    warning = _audit_warning(audit, how, note)
+    if warning:
+        run.warnings.append(f"node {i} -> {j}: {warning}")
+        log.warning("probe cell CPUs of node %d -> memory of node %d: %s", i, j, warning)
+    run.bw[i, j], run.bw_median[i, j], run.lat[i, j] = best, med, ns
+    run.audits.append(audit)
+    return ProbeEvent(cell_index=position[0], cell_total=position[1], reader_node_id=i,
+                      mem_node_id=j, stage="done", threads=len(pool), read_bw_gbps=best, lat_ns=ns,
+                      lat_upper_bound=kern.latency_upper_bound, audit=audit, warning=warning)
+
+
+def _measure_copies(run: _Run, topology: Topology, pools: dict[int, PinnedThreads],
+                    mems: list[int]) -> None:
+    """The ``np.copyto`` figure of every CPU node, on its nearest memory node."""
+    cfg = run.cfg
+    for i, pool in pools.items():
+        j = _nearest_memory(topology, i, mems)
+        with NodeBuffer(cfg.buffer_bytes, huge_pages=cfg.huge_pages) as src, \
+                NodeBuffer(cfg.buffer_bytes, huge_pages=cfg.huge_pages) as dst:
+            run.placements.add(_place(j, (src, dst), {i: pool}, run.kern, run.be,
+                                      run.allow_fallback, prefer_remote_filler=False))
+            copy, read = measure_numpy_copy(pool, src, dst, warmup_s=cfg.warmup_s,
+                                            repeats=cfg.bw_repeats)
+        run.copy_figures[i] = (copy, read, j)
+
+
+def _matrix(values: dict[tuple[int, int], float], ids: tuple[int, ...]
+            ) -> tuple[tuple[float | None, ...], ...]:
+    return tuple(tuple(values.get((r, m)) for m in ids) for r in ids)
+
+
+def _load_context(load_before: float | None, jiffies_before: tuple[int, int] | None
+                  ) -> dict[str, str | float | int | bool]:
+    """Context for judging noise: other load when the probe started, hypervisor steal during
+    it."""
+    out: dict[str, str | float | int | bool] = {}
     if load_before is not None:
-        params["loadavg_1min"] = load_before
+        out["loadavg_1min"] = load_before
         ncpu = os.cpu_count() or 1
         if load_before > 0.5 * ncpu:
-            params["load_warning"] = (f"1-min load average {load_before:g} on {ncpu} CPUs when "
-                                      f"the probe started: other work competes for the cores "
-                                      f"and memory bandwidth, figures may be low")
+            out["load_warning"] = (f"1-min load average {load_before:g} on {ncpu} CPUs when "
+                                   f"the probe started: other work competes for the cores "
+                                   f"and memory bandwidth, figures may be low")
     jiffies_after = cpu_jiffies()
     if jiffies_before and jiffies_after and jiffies_after[0] > jiffies_before[0]:
-        params["cpu_steal_pct"] = round(100 * (jiffies_after[1] - jiffies_before[1])
-                                        / (jiffies_after[0] - jiffies_before[0]), 2)
-    return build_cost_model(None, node_ids=ids, read_bw_gbps=matrix(bw), lat_ns=matrix(lat),
-                            method="probe", params=params,
-                            topology_fingerprint=topology.fingerprint(), audit=tuple(audits))
+        out["cpu_steal_pct"] = round(100 * (jiffies_after[1] - jiffies_before[1])
+                                     / (jiffies_after[0] - jiffies_before[0]), 2)
+    return out
 
 
 def _check_free_memory(mems: list[int], need: int) -> None:
@@ -578,12 +647,11 @@ def _restore(affinity: tuple[int, ...], policy: MemPolicy | None, be: NumaBacken
                 restore_mempolicy(policy, backend=be)
 
 
-def _params(cfg: ProbeSettings, kern: MemoryKernels, be: NumaBackend, llc: int | None,
-            readers: dict[int, tuple[int, ...]], placements: set[str],
-            thp_fractions: list[float], warnings: list[str],
-            bw_median: dict[tuple[int, int], float],
-            copy_figures: dict[int, tuple[float, float, int]],
+def _params(run: _Run, llc: int | None, readers: dict[int, tuple[int, ...]],
             duration_s: float) -> dict[str, str | float | int | bool]:
+    cfg, kern, be = run.cfg, run.kern, run.be
+    placements, thp_fractions, warnings = run.placements, run.thp_fractions, run.warnings
+    bw_median, copy_figures = run.bw_median, run.copy_figures
     threads = {len(c) for c in readers.values()}
     p: dict[str, str | float | int | bool] = {
         "quick": cfg.quick,
@@ -640,12 +708,13 @@ def _numa_balancing_param() -> int | str:
 __all__ = [
     "ProbeEvent",
     "ProbeSettings",
+    "ResolvedProbeSettings",
     "format_event",
     "measure_latency",
     "measure_numpy_copy",
     "measure_read_bandwidth",
     "print_progress",
     "probe",
-    "probe_settings",
     "reader_cpus",
+    "resolve_probe_settings",
 ]

@@ -26,6 +26,10 @@ as p grows, so a higher penalty never makes crossing cheaper.
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import AfterValidator
+
 from numaplan.cost.model import CostModel, build_cost_model
 from numaplan.errors import CostModelError
 from numaplan.topology import Topology
@@ -37,7 +41,52 @@ NOMINAL_LOCAL_BW_GBPS = 50.0
 NOMINAL_LOCAL_LAT_NS = 100.0
 #: Bandwidth exponent per unit of penalty (see the module docstring).
 PENALTY_EXPONENT_SCALE = 4.0
+#: ``numa_inter_node_penalty`` when none is given: every default of the knob (command line,
+#: engine, planner options) is this name.
 DEFAULT_PENALTY = 0.3
+
+
+def check_penalty(penalty: float) -> float:
+    """Check that ``penalty`` is a valid ``numa_inter_node_penalty`` (0..1).
+
+    The one range check of the knob: the settings models use it through :data:`Penalty`.
+
+    Parameters
+    ----------
+    penalty
+        The value to check.
+
+    Returns
+    -------
+    float
+        ``penalty``, unchanged.
+
+    Raises
+    ------
+    CostModelError
+        When ``penalty`` is outside 0..1.
+
+    Examples
+    --------
+    >>> check_penalty(0.5)
+    0.5
+    """
+    if not 0.0 <= penalty <= 1.0:
+        raise CostModelError(f"numa_inter_node_penalty must be in 0..1, got {penalty}")
+    return penalty
+
+
+def _penalty_field(value: float) -> float:
+    # pydantic turns a ValueError into a validation error of the field; the rule stays above.
+    try:
+        return check_penalty(value)
+    except CostModelError as exc:
+        raise ValueError(exc.message) from None
+
+
+#: The type of a ``numa_inter_node_penalty`` field in a pydantic model (checked by
+#: :func:`check_penalty`).
+Penalty = Annotated[float, AfterValidator(_penalty_field)]
 
 
 def bandwidth_factor(local_distance: int, distance: int, penalty: float) -> float:
@@ -50,8 +99,7 @@ def bandwidth_factor(local_distance: int, distance: int, penalty: float) -> floa
     >>> bandwidth_factor(10, 10, 0.9)
     1.0
     """
-    if not 0.0 <= penalty <= 1.0:
-        raise CostModelError(f"numa_inter_node_penalty must be in 0..1, got {penalty}")
+    check_penalty(penalty)
     return (local_distance / distance) ** (PENALTY_EXPONENT_SCALE * penalty)
 
 
@@ -81,7 +129,7 @@ def cost_from_slit(
     CostModel
         ``method="slit"``; rows of CPU-less nodes and columns of memoryless nodes are ``None``.
     """
-    bandwidth_factor(10, 10, penalty)  # validates the range
+    check_penalty(penalty)
     if local_bw_gbps is not None and local_bw_gbps <= 0:
         raise CostModelError("local bandwidth must be positive")
     ids = topology.node_ids

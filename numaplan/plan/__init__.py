@@ -11,10 +11,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from numaplan.plan.io import PLAN_FILE, plan_from_dict, plan_text, read_plan, write_plan_file
-    from numaplan.plan.planner import SOLVERS, PlanOptions, PlanReport, make_plan, write_plan
+    from numaplan.plan.io import PLAN_FILE, plan_from_dict, read_plan, write_plan_file
+    from numaplan.plan.planner import (
+        SOLVERS,
+        PlanOptions,
+        PlanReport,
+        PlanResult,
+        make_plan,
+        write_plan,
+    )
     from numaplan.plan.problem import PlacementProblem, build_problem
-    from numaplan.plan.schema import Plan
+    from numaplan.plan.schema import Plan, plan_text
+    from numaplan.plan.settings import PlanSettings, default_tp, resolve_settings
     from numaplan.plan.solution import Solution
 
 # ``predict`` names a submodule and a function: bind the function now (importing the submodule
@@ -22,12 +30,13 @@ if TYPE_CHECKING:
 from numaplan.plan.predict import Prediction, lower_bound, predict
 
 _WHERE = {
-    "PLAN_FILE": "io", "plan_from_dict": "io", "plan_text": "io", "read_plan": "io",
+    "PLAN_FILE": "io", "plan_from_dict": "io", "read_plan": "io",
     "write_plan_file": "io",
     "SOLVERS": "planner", "PlanOptions": "planner", "PlanReport": "planner",
-    "make_plan": "planner", "write_plan": "planner",
+    "PlanResult": "planner", "make_plan": "planner", "write_plan": "planner",
     "PlacementProblem": "problem", "build_problem": "problem",
-    "Plan": "schema",
+    "Plan": "schema", "plan_text": "schema",
+    "PlanSettings": "settings", "default_tp": "settings", "resolve_settings": "settings",
     "Solution": "solution",
 }
 
@@ -38,15 +47,19 @@ __all__ = [
     "Plan",
     "PlanOptions",
     "PlanReport",
+    "PlanResult",
+    "PlanSettings",
     "Prediction",
     "Solution",
     "build_problem",
+    "default_tp",
     "lower_bound",
     "make_plan",
     "plan_from_dict",
     "plan_text",
     "predict",
     "read_plan",
+    "resolve_settings",
     "write_plan",
     "write_plan_file",
 ]

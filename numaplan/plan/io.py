@@ -1,9 +1,8 @@
-"""Reading and writing plan files: canonical text, version checks, migrations."""
+"""Reading and writing plan files: version checks, migrations, atomic writes (the canonical text
+itself is defined with the schema, :func:`numaplan.plan.schema.plan_text`)."""
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -11,26 +10,16 @@ from pydantic import ValidationError
 
 from numaplan._io import read_json, write_atomic
 from numaplan.errors import NumaplanError, SchemaVersionError
-from numaplan.plan.schema import SCHEMA_VERSION, Plan
+from numaplan.plan.schema import SCHEMA_VERSION, Plan, plan_text
 
 PLAN_FILE = "numa-plan.json"
 
 #: ``{from_version: function(doc) -> doc of from_version + 1}``; applied one step at a time.
 MIGRATIONS: dict[int, Any] = {}
 
-_SCALAR_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+|null|true|false|\"[^\"\n]*\")"
-                          r"(?:,\s*(?:-?[\d.eE+-]+|null|true|false|\"[^\"\n]*\"))*)\s*\]")
-
 
 class PlanFormatError(NumaplanError):
     """A plan file is malformed."""
-
-
-def plan_text(plan: Plan) -> str:
-    """Canonical text: field order, two-space indent, lists of scalars on one line."""
-    text = json.dumps(plan.model_dump(mode="json"), indent=2, ensure_ascii=False)
-    text = _SCALAR_LIST.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
-    return text + "\n"
 
 
 def write_plan_file(plan: Plan, path: str | Path) -> Path:

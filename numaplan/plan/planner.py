@@ -16,9 +16,9 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from numaplan import __version__
 from numaplan._base import Frozen
-from numaplan.cost import CostModel
+from numaplan._version import __version__
+from numaplan.cost import DEFAULT_PENALTY, CostModel, Penalty
 from numaplan.errors import InfeasiblePlanError, UsageError
 from numaplan.model import Workload
 from numaplan.plan import baselines, solver_greedy, solver_partition
@@ -57,6 +57,8 @@ SOLVERS = ("auto", "greedy", "ilp", "partition")
 PENALTY_STEP = 0.05
 #: Above this many CPU nodes ``auto`` uses recursive bisection instead of the MIP.
 MIP_MAX_CPU_NODES = 64
+#: Time limit of the MIP solver when none is given.
+DEFAULT_TIME_LIMIT_S = 30.0
 
 
 class PlanOptions(Frozen):
@@ -64,7 +66,7 @@ class PlanOptions(Frozen):
 
     tensor_parallel_shards: int
     numa_nodes: tuple[int, ...] | None = None
-    numa_inter_node_penalty: float = 0.3
+    numa_inter_node_penalty: Penalty = DEFAULT_PENALTY
     numa_prefer_local_memory: bool = True
     node_affinity: dict[int, int] = Field(default_factory=dict)
     batch_size: int = 1
@@ -72,16 +74,15 @@ class PlanOptions(Frozen):
     mem_headroom: float = DEFAULT_MEM_HEADROOM
     solver: str = "auto"
     mip_backend: str = "auto"
-    time_limit_s: float = 30.0
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S
     collective_alpha_s: float = DEFAULT_COLLECTIVE_ALPHA_S
     oversubscribe: bool = False
 
     @field_validator("numa_inter_node_penalty")
     @classmethod
     def _on_grid(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"numa_inter_node_penalty must be in 0..1, got {v}")
-        # Applied in steps of PENALTY_STEP so that crossing is monotone in it.
+        # Range-checked by its type first; applied in steps of PENALTY_STEP so that crossing
+        # is monotone in it.
         return round(round(v / PENALTY_STEP) * PENALTY_STEP, 10)
 
 
@@ -94,8 +95,29 @@ class PlanReport(Frozen):
     solver_answers: dict[str, float]
 
 
+class PlanResult(Frozen):
+    """What :func:`make_plan` returns.
+
+    Attributes
+    ----------
+    plan
+        The plan (what ``numa-plan.json`` holds).
+    report
+        Volatile facts of the run (solve times), kept out of the plan.
+    problem
+        The placement problem that was solved (on the nodes the plan may use).
+    solution
+        The chosen solver answer, in aggregate form.
+    """
+
+    plan: Plan
+    report: PlanReport
+    problem: PlacementProblem
+    solution: Solution
+
+
 def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: PlanOptions, *,
-              model_name: str) -> tuple[Plan, PlanReport, PlacementProblem, Solution]:
+              model_name: str) -> PlanResult:
     """Plan a model on a machine.
 
     Parameters
@@ -113,8 +135,8 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
 
     Returns
     -------
-    tuple
-        ``(plan, report, problem, solution)``.
+    PlanResult
+        The plan, and the report, problem and solution behind it.
 
     Raises
     ------
@@ -190,7 +212,7 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
                  "workers": problem.num_workers, "tensors": len(workload.tensors)},
         solver_answers={k: predict(problem, s).token_s for k, s in answers.items()},
     )
-    return plan, report, problem, chosen
+    return PlanResult(plan=plan, report=report, problem=problem, solution=chosen)
 
 
 def _slit_at(topo: Topology, cost: CostModel, penalty: float) -> CostModel:

@@ -137,12 +137,6 @@ class PlacementProblem(Frozen):
         """Bytes of replicated tensors every worker reads per token."""
         return sum(g.read_bytes_per_token for g in self.replicas)
 
-    @property
-    def read_bytes_per_worker(self) -> int:
-        """All bytes one worker reads per decode token (weights + KV cache)."""
-        return self.split_bytes_per_worker + self.replica_stream_bytes + \
-            self.kv_read_bytes_per_worker
-
 
 def _stream_or_sparse(workload: Workload, role: Role) -> Literal["stream", "sparse"] | None:
     if role is Role.EMBEDDING:

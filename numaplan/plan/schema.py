@@ -10,6 +10,8 @@ migration in :mod:`numaplan.plan.io`.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from typing import Literal
 
 from pydantic import Field
@@ -17,6 +19,9 @@ from pydantic import Field
 from numaplan._base import Frozen
 
 SCHEMA_VERSION = 1
+
+_SCALAR_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+|null|true|false|\"[^\"\n]*\")"
+                          r"(?:,\s*(?:-?[\d.eE+-]+|null|true|false|\"[^\"\n]*\"))*)\s*\]")
 
 
 def r6(x: float) -> float:
@@ -199,9 +204,7 @@ class Plan(Frozen):
     tensors: tuple[PlanTensor, ...]
 
     def to_json(self) -> str:
-        """The canonical file text (see :func:`numaplan.plan.io.plan_text`)."""
-        from numaplan.plan.io import plan_text
-
+        """The canonical file text (see :func:`plan_text`)."""
         return plan_text(self)
 
     def digest(self) -> str:
@@ -218,3 +221,23 @@ class Plan(Frozen):
         if tensor.homes == "local":
             return (TensorHome(node_id=w.mem_node_id, nbytes=tensor.piece_nbytes),)
         return tensor.homes[str(w.node_id)]
+
+
+def plan_text(plan: Plan) -> str:
+    """The canonical text of a plan: field order, two-space indent, lists of scalars on one line.
+
+    Part of the schema: the digest a compiled library embeds is taken over this text.
+
+    Parameters
+    ----------
+    plan
+        The plan.
+
+    Returns
+    -------
+    str
+        The file's text, with a trailing newline.
+    """
+    text = json.dumps(plan.model_dump(mode="json"), indent=2, ensure_ascii=False)
+    text = _SCALAR_LIST.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
+    return text + "\n"

@@ -38,7 +38,3 @@ class Solution(Frozen):
     status: Status
     gap: float | None = None
     objective_s: float | None = None
-
-    def active_nodes(self) -> tuple[int, ...]:
-        """CPU nodes with at least one worker."""
-        return tuple(sorted(n for n, k in self.workers_per_node.items() if k > 0))

@@ -11,12 +11,14 @@ from numaplan.topology.cpulist import (
 )
 from numaplan.topology.io import load_topology, read_topology_json, topology_from_dict
 from numaplan.topology.model import CpuInfo, MemoryAttributes, Node, Topology, build_topology
+from numaplan.topology.samples import SAMPLE_FILES, read_sample, sample_path
 from numaplan.topology.synthetic import synthetic_topology, write_sysfs_tree
 from numaplan.topology.sysfs import FALLBACK_MESSAGE, read_sysfs
 from numaplan.topology.text import parse_lscpu, parse_numactl, read_lscpu_file, read_numactl_file
 
 __all__ = [
     "FALLBACK_MESSAGE",
+    "SAMPLE_FILES",
     "CpuInfo",
     "MemoryAttributes",
     "Node",
@@ -31,8 +33,10 @@ __all__ = [
     "parse_numactl_cpus",
     "read_lscpu_file",
     "read_numactl_file",
+    "read_sample",
     "read_sysfs",
     "read_topology_json",
+    "sample_path",
     "synthetic_topology",
     "topology_from_dict",
     "write_sysfs_tree",

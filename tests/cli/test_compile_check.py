@@ -8,12 +8,13 @@ import pytest
 
 from numaplan.cli.main import main
 from numaplan.model.presets import write_hf_config
+from numaplan.topology import sample_path
 from tests.model.mlc_fixtures import write_mlc_dir
 
-from ..plan.helpers import DATA, GOLDEN_MODEL
+from ..plan.helpers import GOLDEN_MODEL
 
-EPYC = str(DATA / "epyc7742_2s_nps4_archer2.txt")
-HSW = str(DATA / "hsw_2s_e5-2698bv3.txt")
+EPYC = str(sample_path("epyc"))
+HSW = str(sample_path("hsw"))
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.tvm
 
 @pytest.fixture(scope="module")
 def example_dir(tmp_path_factory):
-    from examples.tiny_llama.build import build_model_dir
+    from numaplan.tiny_llama.build import build_model_dir
 
     return build_model_dir(tmp_path_factory.mktemp("ex") / "tiny-llama", size="default")
 

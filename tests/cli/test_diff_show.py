@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,19 +11,15 @@ from numaplan.cost import cost_from_slit
 from numaplan.model import load_workload
 from numaplan.model.presets import write_hf_config
 from numaplan.plan import PlanOptions, make_plan, read_plan, write_plan
-from numaplan.plan.compare import (
-    cross_node_reads,
-    describe_tensors,
-    diff_plans,
-    remote_groups,
-    render_diff,
-)
-from numaplan.plan.render import render_plan_png, render_plan_table
+from numaplan.plan.diff import diff_plans, render_diff
+from numaplan.plan.formatting import describe_tensors
+from numaplan.plan.picture import render_plan_png
 from numaplan.plan.schema import PlanTensor
-from numaplan.topology import read_numactl_file, synthetic_topology
+from numaplan.plan.table import render_plan_table
+from numaplan.plan.views import cross_node_reads, remote_groups
+from numaplan.topology import read_sample, synthetic_topology
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TOPOLOGIES = Path(__file__).resolve().parents[1] / "data" / "topologies"
 
 
 @pytest.fixture
@@ -45,9 +40,8 @@ def workload(tmp_path_factory):
 
 def _plan(workload, topo, **opts):
     opts.setdefault("tensor_parallel_shards", 2)
-    plan, *_ = make_plan(workload, topo, cost_from_slit(topo), PlanOptions(**opts),
-                         model_name="tiny-llama")
-    return plan
+    return make_plan(workload, topo, cost_from_slit(topo), PlanOptions(**opts),
+                     model_name="tiny-llama").plan
 
 
 def _spill_topology(workload, extra_bytes: int):
@@ -73,7 +67,7 @@ def plans(workload, tmp_path_factory):
         "nodes23": _plan(workload, four, numa_nodes=(2, 3)),
         "roomy": _plan(workload, synthetic_topology(sockets=2), **pinned),
         "spill": _plan(workload, _spill_topology(workload, 10_000), **pinned),
-        "epyc": _plan(workload, read_numactl_file(TOPOLOGIES / "epyc7742_2s_nps4_archer2.txt")),
+        "epyc": _plan(workload, read_sample("epyc")),
     }
     root = tmp_path_factory.mktemp("plans")
     return {k: (p, write_plan(p, root / k).parent) for k, p in made.items()}

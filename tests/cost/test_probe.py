@@ -27,6 +27,11 @@ SMALL = {"buffer_bytes": 8 * MIB, "latency_buffer_bytes": 4 * MIB, "repeats": 2,
          "warmup_s": 0.0, "latency_loads": 20_000}
 
 
+def small(**kw) -> pr.ProbeSettings:
+    """Quick settings with small buffers, plus ``kw``."""
+    return pr.ProbeSettings(**{"quick": True, **SMALL, **kw})
+
+
 @pytest.fixture(scope="module")
 def topo():
     return read_sysfs("/")
@@ -34,7 +39,7 @@ def topo():
 
 def test_quick_probe_on_this_machine(topo):
     events = []
-    cost = pr.probe(topo, quick=True, progress=events.append, **SMALL)
+    cost = pr.probe(topo, small(), progress=events.append)
     assert cost.method == "probe" and cost.node_ids == (0,)
     bw, lat = cost.bw(0, 0), cost.lat(0, 0)
     assert bw is not None and bw > 0.5 and lat is not None and 1 < lat < 10_000
@@ -60,7 +65,7 @@ def test_quick_probe_on_this_machine(topo):
 def test_numpy_fallback_without_compiler(monkeypatch, topo):
     monkeypatch.setattr(kn, "find_compiler", lambda: None)
     events = []
-    cost = pr.probe(topo, quick=True, progress=events.append, **SMALL)
+    cost = pr.probe(topo, small(), progress=events.append)
     p = cost.params
     assert p["kernel"] == "numpy" and p["lat_upper_bound"] is True
     assert "no C compiler" in p["kernel_note"] and "upper bound" in p["kernel_note"]
@@ -71,7 +76,7 @@ def test_numpy_fallback_without_compiler(monkeypatch, topo):
 
 def test_default_printer_one_line_per_cell(topo):
     out = io.StringIO()
-    pr.probe(topo, quick=True, progress=lambda e: pr.print_progress(e, out), **SMALL)
+    pr.probe(topo, small(), progress=lambda e: pr.print_progress(e, out))
     lines = out.getvalue().splitlines()
     assert len(lines) == 1
     assert re.fullmatch(r"\[1/1\] CPUs of node 0 -> memory of node 0: [\d.]+ GB/s read, \d+ ns, "
@@ -83,7 +88,7 @@ def test_calling_thread_is_restored(topo):
     cpus = get_affinity(0)
     set_mempolicy("preferred", [0])
     try:
-        pr.probe(topo, quick=True, numpy_copy=False, **SMALL)
+        pr.probe(topo, small(numpy_copy=False))
         assert get_mempolicy().mode == "preferred" and get_affinity(0) == cpus
     finally:
         restore_mempolicy(before_policy)
@@ -98,8 +103,8 @@ def test_misplaced_pages_are_reported_loudly(monkeypatch, topo):
 
     monkeypatch.setattr(NodeBuffer, "audit", lying_audit)
     out = io.StringIO()
-    cost = pr.probe(topo, quick=True, numpy_copy=False,
-                    progress=lambda e: pr.print_progress(e, out), **SMALL)
+    cost = pr.probe(topo, small(numpy_copy=False),
+                    progress=lambda e: pr.print_progress(e, out))
     (audit,) = cost.audit
     assert audit.on_target_fraction == 0.0 and audit.nodes_seen == (1,)
     assert cost.params["audit_incomplete_cells"] == 1
@@ -111,24 +116,28 @@ def test_misplaced_pages_are_reported_loudly(monkeypatch, topo):
 def test_refuses_when_node_memory_is_short(monkeypatch, topo):
     monkeypatch.setattr(pr, "node_free_bytes", lambda node: 16 * MIB)
     with pytest.raises(PlacementError, match=r"node 0 has 16 MiB free.*smaller buffer_bytes"):
-        pr.probe(topo, quick=True, **SMALL)
+        pr.probe(topo, small())
 
 
 def test_nothing_to_probe(topo):
     with pytest.raises(PlacementError, match="nothing to probe"):
-        pr.probe(topo.restricted_to([]), quick=True, **SMALL)
+        pr.probe(topo.restricted_to([]), small())
 
 
 def test_settings_defaults_are_llc_relative():
-    full = pr.probe_settings(llc=32 * MIB, huge_pages=False)
-    quick = pr.probe_settings(quick=True, llc=32 * MIB, huge_pages=False)
+    def resolve(llc=None, python_chase=False, **kw):
+        return pr.resolve_probe_settings(pr.ProbeSettings(**kw), llc=llc,
+                                         python_chase=python_chase)
+
+    full = resolve(llc=32 * MIB, huge_pages=False)
+    quick = resolve(quick=True, llc=32 * MIB, huge_pages=False)
     assert full.buffer_bytes == 512 * MIB and full.latency_buffer_bytes == 256 * MIB
     assert quick.buffer_bytes == quick.latency_buffer_bytes == 128 * MIB
-    assert pr.probe_settings(llc=256 * MIB, huge_pages=False).buffer_bytes == 16 * 256 * MIB
+    assert resolve(llc=256 * MIB, huge_pages=False).buffer_bytes == 16 * 256 * MIB
     assert quick.bw_repeats < full.bw_repeats and quick.warmup_s < full.warmup_s
-    assert pr.probe_settings(python_chase=True, huge_pages=False).latency_loads == 500_000
+    assert resolve(python_chase=True, huge_pages=False).latency_loads == 500_000
     with pytest.raises(PlacementError, match="too small"):
-        pr.probe_settings(buffer_bytes=1024)
+        resolve(buffer_bytes=1024)
 
 
 def test_reader_cpus_one_per_physical_core():
@@ -177,7 +186,7 @@ def test_multi_node_orchestration(monkeypatch):
     monkeypatch.setattr(pr, "measure_read_bandwidth", spy_read)
     monkeypatch.setattr(pr, "_audit_buffers", fake_audit)
     events = []
-    cost = pr.probe(topo, quick=True, progress=events.append, **SMALL)
+    cost = pr.probe(topo, small(), progress=events.append)
 
     done = [(e.reader_node_id, e.mem_node_id) for e in events if e.stage == "done"]
     assert done == [(0, 0), (1, 0), (0, 2), (1, 2), (0, 3), (1, 3)]
@@ -200,7 +209,7 @@ def test_multi_node_orchestration(monkeypatch):
 
 
 def test_syscall_backend_probe(topo):
-    cost = pr.probe(topo, quick=True, numpy_copy=False, backend="syscall", **SMALL)
+    cost = pr.probe(topo, small(numpy_copy=False), backend="syscall")
     assert cost.params["backend"] == "syscall" and cost.audit[0].on_target_fraction == 1.0
 
 
@@ -225,10 +234,10 @@ class ContainerBackend(NumaBackend):
 def test_container_without_cap_sys_nice(topo):
     be = ContainerBackend()
     with pytest.raises(PlacementError, match=r"mbind failed \(EPERM.*CAP_SYS_NICE.*allow_fallb"):
-        pr.probe(topo, quick=True, backend=be, **SMALL)
+        pr.probe(topo, small(), backend=be)
     out = io.StringIO()
-    cost = pr.probe(topo, quick=True, backend=be, allow_fallback=True,
-                    progress=lambda e: pr.print_progress(e, out), **SMALL)
+    cost = pr.probe(topo, small(allow_fallback=True), backend=be,
+                    progress=lambda e: pr.print_progress(e, out))
     p = cost.params
     assert p["placement"] == "first-touch" and cost.bw(0, 0) > 0
     assert "mbind was refused; pages were placed by first-touch" in p["warning"]

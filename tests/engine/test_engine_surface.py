@@ -16,7 +16,7 @@ PROMPT = [5, 17, 99, 3]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from examples.tiny_llama.build import build_model_dir
+    from numaplan.tiny_llama.build import build_model_dir
 
     return build_model_dir(tmp_path_factory.mktemp("engine") / "tiny-llama", size="default")
 

@@ -1,1 +1,1 @@
-"""Tests of the tiny_llama example (examples/tiny_llama)."""
+"""Tests of the tiny_llama example (numaplan.tiny_llama and examples/tiny_llama)."""

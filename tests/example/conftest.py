@@ -1,7 +1,8 @@
 """Fixtures of the tiny_llama example tests: model directories and compiled modules, built once.
 
-The example lives in ``examples/tiny_llama`` (a namespace package under the repository root),
-so the root goes on ``sys.path``. Everything expensive is session-scoped: the directories are
+The model ships in the package (``numaplan.tiny_llama``); its reference and compile helpers live
+in ``examples/tiny_llama`` (a namespace package under the repository root), so the root goes on
+``sys.path``. Everything expensive is session-scoped: the directories are
 written once and each module is compiled once.
 """
 
@@ -21,7 +22,7 @@ if str(ROOT) not in sys.path:
 def model_dirs(tmp_path_factory) -> dict[str, Path]:
     """The default model written as q0f32 and q0f16 directories (seed 0)."""
     pytest.importorskip("tvm")
-    from examples.tiny_llama.build import build_model_dir
+    from numaplan.tiny_llama.build import build_model_dir
 
     base = tmp_path_factory.mktemp("tiny_llama")
     return {dtype: build_model_dir(base / f"default-{dtype}", size="default", dtype=dtype,
@@ -41,8 +42,8 @@ class Compiled:
         from tvm import relax
 
         from examples.tiny_llama.compile import compile_model_timed
-        from examples.tiny_llama.model import build_ir_module
         from examples.tiny_llama.reference import load_shard_params
+        from numaplan.tiny_llama.model import build_ir_module
 
         self.model_dir = model_dir
         self.config = read_chat_config(model_dir)

@@ -7,8 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from examples.tiny_llama.build import BUILDER, NUMAPLAN_MODEL_NAME, bf16_round, generate_weights
-from examples.tiny_llama.config import SIZES, LlamaConfig
 from examples.tiny_llama.reference import load_full_weights, load_shard_params
 from numaplan.model import (
     Role,
@@ -17,6 +15,8 @@ from numaplan.model import (
     valid_tp_degrees,
     validate_tp,
 )
+from numaplan.tiny_llama.build import BUILDER, NUMAPLAN_MODEL_NAME, bf16_round, generate_weights
+from numaplan.tiny_llama.config import SIZES, LlamaConfig
 
 pytestmark = pytest.mark.tvm  # the directories are written by tvm.contrib.tvmjs
 

@@ -8,14 +8,14 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from examples.tiny_llama.config import SIZES
 from examples.tiny_llama.reference import LlamaReference
+from numaplan.tiny_llama.config import SIZES
 
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
 from examples.tiny_llama.compile import VMRunner, read_metadata  # noqa: E402
-from examples.tiny_llama.model import build_ir_module, export_model  # noqa: E402
+from numaplan.tiny_llama.model import build_ir_module, export_model  # noqa: E402
 
 pytestmark = pytest.mark.tvm
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from examples.tiny_llama.build import generate_weights
-from examples.tiny_llama.config import SIZES, LlamaConfig
 from examples.tiny_llama.reference import LlamaReference
+from numaplan.tiny_llama.build import generate_weights
+from numaplan.tiny_llama.config import SIZES, LlamaConfig
 
 TINY = SIZES["tiny"]
 

@@ -26,7 +26,7 @@ def tp2(tmp_path_factory):
     d = build_model_dir(tmp_path_factory.mktemp("tiny") / "model", size="default")
     topo = synthetic_topology(sockets=2, cores_per_node=2)
     plan = make_plan(load_workload(d), topo, cost_from_slit(topo),
-                     PlanOptions(tensor_parallel_shards=2), model_name="tiny")[0]
+                     PlanOptions(tensor_parallel_shards=2), model_name="tiny").plan
     mod, _ = export_model(get_size("default"), "q0f32", tensor_parallel_shards=2)
     ex = tvm.compile(mod, target="llvm", relax_pipeline=numaplan_pipeline("llvm", plan))
     return plan, mod, ex

@@ -7,9 +7,7 @@ from pathlib import Path
 from numaplan.cost import CostModel, build_cost_model, cost_from_slit
 from numaplan.model import load_workload
 from numaplan.model.presets import write_hf_config
-from numaplan.topology import Topology, parse_numactl
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "topologies"
+from numaplan.topology import Topology, parse_numactl, sample_path
 
 #: The golden workload: a small Llama-style model whose KV heads allow W up to 8.
 GOLDEN_MODEL = dict(hidden_size=512, intermediate_size=1536, num_attention_heads=8,
@@ -27,9 +25,8 @@ def small_workload(tmp: Path, quantization: str = "q4f16_1", **overrides):
 
 def fixture_topology(name: str) -> Topology:
     """A shipped numactl dump, with its file name (not path) as source: stable in goldens."""
-    files = {"epyc": "epyc7742_2s_nps4_archer2.txt", "hsw": "hsw_2s_e5-2698bv3.txt",
-             "xeonmax": "xeonmax_2s_hbm_flat_aurora.txt"}
-    return parse_numactl((DATA / files[name]).read_text(), source=files[name])
+    path = sample_path(name)
+    return parse_numactl(path.read_text(), source=path.name)
 
 
 def scaled_cost(topo: Topology, factors: dict[int, float], penalty: float = 0.3) -> CostModel:

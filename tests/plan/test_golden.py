@@ -43,9 +43,9 @@ def test_golden_plan(tmp_path, case):
     make_topo, w, extra = CASES[case]
     topo = make_topo()
     cost = COSTS.get(case, cost_from_slit)(topo)
-    plan, _, _, _ = make_plan(small_workload(tmp_path), topo, cost,
-                              PlanOptions(tensor_parallel_shards=w, mip_backend="highs", **extra),
-                              model_name="golden-llama")
+    plan = make_plan(small_workload(tmp_path), topo, cost,
+                     PlanOptions(tensor_parallel_shards=w, mip_backend="highs", **extra),
+                     model_name="golden-llama").plan
     text = plan.to_json()
     path = GOLDEN / f"{case}.plan.json"
     if os.environ.get("NUMAPLAN_UPDATE_GOLDEN"):
@@ -62,8 +62,8 @@ def test_plans_are_byte_identical_across_runs(tmp_path):
     topo = fixture_topology("epyc")
     opts = PlanOptions(tensor_parallel_shards=8)
     wl = small_workload(tmp_path)
-    a = make_plan(wl, topo, cost_from_slit(topo), opts, model_name="m")[0].to_json()
-    b = make_plan(wl, topo, cost_from_slit(topo), opts, model_name="m")[0].to_json()
+    a = make_plan(wl, topo, cost_from_slit(topo), opts, model_name="m").plan.to_json()
+    b = make_plan(wl, topo, cost_from_slit(topo), opts, model_name="m").plan.to_json()
     assert a == b
     # Volatile facts (solve times) live in the report, never in the plan.
     assert "solve_s" not in a and "total_s" not in a

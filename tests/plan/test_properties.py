@@ -63,9 +63,10 @@ def _plan(m, **kw):
 @given(machines)
 def test_every_piece_placed_once_and_capacity_respected(m):
     try:
-        plan, _, problem, sol = _plan(m)
+        planned = _plan(m)
     except InfeasiblePlanError:
         assume(False)
+    plan, problem, sol = planned.plan, planned.problem, planned.solution
     assert sorted(w.worker_id for w in plan.workers) == list(range(m["W"]))
     for t in plan.tensors:
         for w in plan.workers:
@@ -137,10 +138,11 @@ def test_relabelling_nodes_keeps_the_objective(m, rnd):
     other = _relabel(topo, perm)
     opts = PlanOptions(tensor_parallel_shards=m["W"], numa_prefer_local_memory=m["local"])
     try:
-        a = make_plan(workload(), topo, cost_from_slit(topo), opts, model_name="x")[0]
+        a = make_plan(workload(), topo, cost_from_slit(topo), opts, model_name="x").plan
     except InfeasiblePlanError:
         assume(False)
-    b, _, problem, _ = make_plan(workload(), other, cost_from_slit(other), opts, model_name="x")
+    result = make_plan(workload(), other, cost_from_slit(other), opts, model_name="x")
+    b, problem = result.plan, result.problem
     # The solver's split is continuous; pieces under a page go to the main home (pages are the
     # unit a home is bound in), which may move up to a page per worker and home between two
     # labellings of tied optima. Beyond that slack the price must not depend on the labels.
@@ -161,7 +163,7 @@ def test_higher_penalty_never_more_cross_node_bytes(m, p, dp):
                            numa_inter_node_penalty=pen)
         try:
             plan = make_plan(workload(), topo, cost_from_slit(topo, penalty=pen), opts,
-                             model_name="x")[0]
+                             model_name="x").plan
         except InfeasiblePlanError:
             assume(False)
         results.append(plan.prediction.cross_node_read_bytes_per_token)
@@ -178,7 +180,7 @@ def test_numa_nodes_and_affinity_honoured(m, data):
     opts = PlanOptions(tensor_parallel_shards=m["W"], numa_nodes=tuple(sorted(subset)),
                        node_affinity=affinity, numa_prefer_local_memory=m["local"])
     try:
-        plan = make_plan(workload(), topo, cost, opts, model_name="x")[0]
+        plan = make_plan(workload(), topo, cost, opts, model_name="x").plan
     except InfeasiblePlanError:
         assume(False)
     assert {w.node_id for w in plan.workers} <= set(subset)

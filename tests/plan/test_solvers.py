@@ -28,7 +28,7 @@ def wl(tmp_path_factory):
 
 def plan_for(wl, topo, cost=None, **kw):
     return make_plan(wl, topo, cost or cost_from_slit(topo), PlanOptions(**kw),
-                     model_name="t")[0]
+                     model_name="t").plan
 
 
 def test_memoryless_node_workers_bind_to_nearest_memory(wl):

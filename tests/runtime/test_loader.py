@@ -20,7 +20,7 @@ def test_every_worker_gets_mlc_shards(model_dirs, this_machine, dtype, W):
     d = model_dirs[dtype]
     wl = load_workload(d)
     plan = make_plan(wl, this_machine, cost_from_slit(this_machine),
-                     PlanOptions(tensor_parallel_shards=W, oversubscribe=True), model_name="m")[0]
+                     PlanOptions(tensor_parallel_shards=W, oversubscribe=True), model_name="m").plan
     full = load_full_weights(d)
     names = [t.name for t in plan.tensors]
     for w in range(W):
@@ -49,7 +49,7 @@ def _tp2_here(model_dirs, this_machine, timeout_s: float = 30.0):
     d = model_dirs["float32"]
     wl = load_workload(d)
     plan = make_plan(wl, this_machine, cost_from_slit(this_machine),
-                     PlanOptions(tensor_parallel_shards=2), model_name="m")[0]
+                     PlanOptions(tensor_parallel_shards=2), model_name="m").plan
     shared = SharedCopies(namespace=f"numaplan-test-{secrets.token_hex(4)}",
                           timeout_s=timeout_s)
     return d, wl, plan, [t.name for t in plan.tensors], shared
@@ -137,7 +137,7 @@ def test_copy_groups_follow_the_homes(tmp_path):
     wl = small_workload(tmp_path)
     for W, want in ((4, [(0, 1), (2, 3)]), (2, [])):
         plan = make_plan(wl, topo, cost_from_slit(topo), PlanOptions(tensor_parallel_shards=W),
-                         model_name="m")[0]
+                         model_name="m").plan
         names = [t.name for t in plan.tensors]
         groups = copy_groups(wl, plan, names)
         assert [g.members for g in groups] == want

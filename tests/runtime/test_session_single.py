@@ -72,7 +72,7 @@ def test_audit_reports_misplaced_pages(model_dirs, this_machine):
     d = model_dirs["float32"]
     wl = load_workload(d)
     plan = make_plan(wl, this_machine, cost_from_slit(this_machine),
-                     PlanOptions(tensor_parallel_shards=2), model_name="m")[0]
+                     PlanOptions(tensor_parallel_shards=2), model_name="m").plan
     names = [t.name for t in plan.tensors]
     _, _, good = load_worker_params(d, wl, plan, 1, names)
     assert good.on_planned_fraction == 1.0

@@ -1,4 +1,4 @@
-"""Compare two plans in the words a reviewer reads.
+"""The diff of two plans, in the words a reviewer reads.
 
 :func:`diff_plans` is pure: it takes two :class:`~numaplan.plan.schema.Plan` objects and returns
 a :class:`PlanDiff`, a list of findings grouped by section (inputs, request knobs, solver, nodes,
@@ -9,30 +9,33 @@ Tensor homes are compared per *reader node* (the node whose workers read a piece
 fractions of the piece when the two plans split the model differently (another W), so a change
 of W alone does not report every tensor; changes are grouped into runs of layers and roles
 ("layers 60-79 mlp_in/mlp_out pieces of node 3 workers moved from node 3 to node 2 (1.2 GiB)").
-
-:func:`remote_groups` and :func:`cross_node_reads` describe one plan's non-local homes; the plan
-renderer (:mod:`numaplan.plan.render`) uses them too.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from numaplan._base import Frozen
-from numaplan.model.roles import Role
+from numaplan.plan.formatting import (
+    describe_tensors,
+    format_ids,
+    format_seconds,
+    format_tps,
+    human_bytes,
+)
 from numaplan.plan.schema import BaselinePrediction, Plan, PlanNode, PlanTensor, TensorHome
+from numaplan.plan.views import piece_homes, reader_mem_nodes, remote_groups, workers_per_node
 
 Section = Literal["inputs", "request", "solver", "nodes", "workers", "tensors", "collectives",
                   "prediction", "other"]
+
 SECTIONS: tuple[Section, ...] = ("inputs", "request", "solver", "nodes", "workers", "tensors",
                                  "collectives", "prediction", "other")
-#: Runs of layers shown per group of tensors before "... and N more".
-MAX_RUNS = 4
+
 #: Leftover differing fields listed when nothing else explains why two plans differ.
 MAX_OTHER_PATHS = 8
-_ROLE_ORDER = {str(r): i for i, r in enumerate(Role)}
 
 
 class DiffItem(Frozen):
@@ -60,263 +63,12 @@ class PlanDiff(Frozen):
         return tuple(i for i in self.items if i.section == name)
 
 
-class RemoteGroup(Frozen):
-    """Tensors that the workers of ``reader_node_id`` read from another node's memory.
-
-    ``nbytes`` is what is homed on ``home_node_id`` for those workers (each worker's piece of a
-    split tensor, one shared copy of a replicated one); ``read_bytes_per_token`` is what those
-    workers read from there per decode token (an untied embedding, a lookup of a few rows, is
-    counted as 0).
-    """
-
-    reader_node_id: int
-    home_node_id: int
-    replicated: bool
-    tensor_names: tuple[str, ...]
-    what: str
-    nbytes: int
-    read_bytes_per_token: int
-
-    @property
-    def noun(self) -> str:
-        """``"pieces"`` (split tensors) or ``"copies"`` (replicated tensors)."""
-        return "copies" if self.replicated else "pieces"
-
-
-# --------------------------------------------------------------------------------------------
-# One plan: who reads what from where
-
-
-def reader_mem_nodes(plan: Plan) -> dict[int, int]:
-    """Memory node each worker-hosting node binds to (``{node_id: mem_node_id}``).
-
-    Parameters
-    ----------
-    plan
-        The plan.
-
-    Returns
-    -------
-    dict
-        One entry per node that runs workers, in node order.
-    """
-    out: dict[int, int] = {}
-    for w in sorted(plan.workers, key=lambda w: (w.node_id, w.worker_id)):
-        out.setdefault(w.node_id, w.mem_node_id)
-    return out
-
-
-def workers_per_node(plan: Plan) -> dict[int, int]:
-    """Number of workers on each node that runs any."""
-    out: dict[int, int] = defaultdict(int)
-    for w in plan.workers:
-        out[w.node_id] += 1
-    return dict(sorted(out.items()))
-
-
-def piece_homes(plan: Plan, tensor: PlanTensor) -> dict[int, tuple[TensorHome, ...]]:
-    """Where each reader node's piece (or shared copy) of ``tensor`` lives.
-
-    Parameters
-    ----------
-    plan
-        The plan the tensor belongs to.
-    tensor
-        One of ``plan.tensors``.
-
-    Returns
-    -------
-    dict
-        ``{reader node id: homes}``; ``"local"`` is spelled out as the reader's memory node.
-    """
-    if tensor.homes == "local":
-        return {r: (TensorHome(node_id=m, nbytes=tensor.piece_nbytes),)
-                for r, m in reader_mem_nodes(plan).items()}
-    return {int(k): v for k, v in sorted(tensor.homes.items(), key=lambda kv: int(kv[0]))}
-
-
-def _untied_embedding(plan: Plan) -> bool:
-    # With its own lm_head, the embedding is a lookup of a few rows per token, not a stream.
-    return any(t.role == str(Role.LM_HEAD) for t in plan.tensors)
-
-
-def _read_per_token(plan: Plan, tensor: PlanTensor, nbytes: int, workers: int,
-                    untied: bool) -> int:
-    if tensor.replicated and tensor.role == str(Role.EMBEDDING) and untied:
-        return 0
-    return workers * nbytes
-
-
-def remote_groups(plan: Plan) -> tuple[RemoteGroup, ...]:
-    """The tensors that are not local, grouped by reader node, home node and kind.
-
-    Parameters
-    ----------
-    plan
-        The plan.
-
-    Returns
-    -------
-    tuple of RemoteGroup
-        Sorted by reader node, then home node, split pieces before replicated copies; empty when
-        every worker reads only its own memory node.
-    """
-    mem = reader_mem_nodes(plan)
-    count = workers_per_node(plan)
-    untied = _untied_embedding(plan)
-    acc: dict[tuple[int, int, bool], list[tuple[PlanTensor, int]]] = defaultdict(list)
-    for t in plan.tensors:
-        if t.homes == "local":
-            continue
-        for r, homes in piece_homes(plan, t).items():
-            per_node: dict[int, int] = defaultdict(int)
-            for h in homes:
-                if h.node_id != mem.get(r, r):
-                    per_node[h.node_id] += h.nbytes
-            for j, b in per_node.items():
-                acc[(r, j, t.replicated)].append((t, b))
-    out = []
-    for (r, j, rep), entries in sorted(acc.items()):
-        k = count.get(r, 0)
-        mult = 1 if rep else k
-        out.append(RemoteGroup(
-            reader_node_id=r, home_node_id=j, replicated=rep,
-            tensor_names=tuple(t.name for t, _ in entries),
-            what=describe_tensors([t for t, _ in entries]),
-            nbytes=sum(mult * b for _, b in entries),
-            read_bytes_per_token=sum(_read_per_token(plan, t, b, k, untied)
-                                     for t, b in entries)))
-    return tuple(out)
-
-
-def cross_node_reads(plan: Plan) -> dict[tuple[int, int], int]:
-    """Bytes per decode token each node's workers read from another node's memory.
-
-    Derived from the tensors' homes and the number of workers per node (the KV cache is always
-    local). An untied embedding (a lookup of a few rows) is not counted.
-
-    Parameters
-    ----------
-    plan
-        The plan.
-
-    Returns
-    -------
-    dict
-        ``{(reader node, memory node): bytes per token}``, only nonzero entries.
-    """
-    out: dict[tuple[int, int], int] = defaultdict(int)
-    for g in remote_groups(plan):
-        if g.read_bytes_per_token:
-            out[(g.reader_node_id, g.home_node_id)] += g.read_bytes_per_token
-    return dict(sorted(out.items()))
-
-
-# --------------------------------------------------------------------------------------------
-# Words
-
-
-def format_ids(ids: Iterable[int]) -> str:
-    """Compact id list: ``0-3,7`` (``-`` when empty).
-
-    Examples
-    --------
-    >>> format_ids([0, 1, 2, 3, 7])
-    '0-3,7'
-    >>> format_ids([])
-    '-'
-    """
-    xs = sorted(set(ids))
-    if not xs:
-        return "-"
-    parts = []
-    start = prev = xs[0]
-    for x in [*xs[1:], None]:
-        if x is not None and x == prev + 1:
-            prev = x
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if x is not None:
-            start = prev = x
-    return ",".join(parts)
-
-
-def _roles(roles: Iterable[str]) -> str:
-    return "/".join(sorted(set(roles), key=lambda r: (_ROLE_ORDER.get(r, 99), r)))
-
-
-def describe_tensors(tensors: Sequence[PlanTensor], *, max_runs: int = MAX_RUNS) -> str:
-    """Name a set of tensors by runs of layers with the same roles.
-
-    Parameters
-    ----------
-    tensors
-        Tensors of one plan.
-    max_runs
-        Runs shown before ``... and N more``.
-
-    Returns
-    -------
-    str
-        e.g. ``"layer 59 mlp_out, layers 60-79 attn_qkv/attn_out/mlp_in/mlp_out, lm_head/norm"``.
-    """
-    by_layer: dict[int, set[str]] = defaultdict(set)
-    other: set[str] = set()
-    for t in tensors:
-        if t.layer is None:
-            other.add(t.role)
-        else:
-            by_layer[t.layer].add(t.role)
-    runs: list[tuple[int, int, frozenset[str]]] = []
-    for layer in sorted(by_layer):
-        roles = frozenset(by_layer[layer])
-        if runs and runs[-1][1] == layer - 1 and runs[-1][2] == roles:
-            runs[-1] = (runs[-1][0], layer, roles)
-        else:
-            runs.append((layer, layer, roles))
-    parts = [(f"layer {a}" if a == b else f"layers {a}-{b}") + f" {_roles(roles)}"
-             for a, b, roles in runs]
-    if len(parts) > max_runs:
-        parts = [*parts[:max_runs - 1], f"... and {len(parts) - max_runs + 1} more layer runs"]
-    if other:
-        parts.append("top-level " + _roles(other))
-    return ", ".join(parts) or "no tensors"
-
-
-def human_bytes(n: int | float | None) -> str:
-    """``4.6 GiB`` style sizes (``?`` when unknown); negative values keep their sign."""
-    if n is None:
-        return "?"
-    sign = "-" if n < 0 else ""
-    value = float(abs(n))
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return sign + (f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}")
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def _delta_bytes(a: int, b: int) -> str:
     d = b - a
     return f"{human_bytes(a)} -> {human_bytes(b)} ({'+' if d > 0 else ''}{human_bytes(d)})"
 
 
-def format_seconds(s: float | None) -> str:
-    """A duration in the unit that keeps it readable (``17.078 ms``, ``4.25 us``)."""
-    if s is None:
-        return "-"
-    if s >= 1:
-        return f"{s:.3f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.3f} ms"
-    return f"{s * 1e6:.2f} us"
-
-
 _ms = format_seconds
-
-
-def _tps(x: float) -> str:
-    return f"{x:.2f}"
 
 
 def _pct_change(a: float, b: float) -> str:
@@ -332,10 +84,6 @@ def _fp(s: str) -> str:
 def _nodes_word(ids: Sequence[int], local: int | None = None) -> str:
     names = [f"{j} (local)" if j == local else str(j) for j in ids]
     return ("node " if len(ids) == 1 else "nodes ") + " + ".join(names)
-
-
-# --------------------------------------------------------------------------------------------
-# The comparison
 
 
 class _Collector:
@@ -662,10 +410,10 @@ def _collectives(c: _Collector, a: Plan, b: Plan) -> None:
 def _prediction(c: _Collector, a: Plan, b: Plan) -> None:
     pa, pb = a.prediction, b.prediction
     if pa.tokens_per_s != pb.tokens_per_s:
-        c.add("prediction", "tokens/s", f"predicted {_tps(pa.tokens_per_s)} -> "
-              f"{_tps(pb.tokens_per_s)} tokens/s{_pct_change(pa.tokens_per_s, pb.tokens_per_s)}"
-              f" at batch {pa.batch_size}" + ("" if pa.batch_size == pb.batch_size
-                                                else f" -> {pb.batch_size}"))
+        change = _pct_change(pa.tokens_per_s, pb.tokens_per_s)
+        c.add("prediction", "tokens/s", f"predicted {format_tps(pa.tokens_per_s)} -> "
+              f"{format_tps(pb.tokens_per_s)} tokens/s{change} at batch {pa.batch_size}"
+              + ("" if pa.batch_size == pb.batch_size else f" -> {pb.batch_size}"))
     parts = [f"{what} {_ms(x)} -> {_ms(y)}" for what, x, y in
              (("read", pa.read_s, pb.read_s), ("collectives", pa.collective_s, pb.collective_s))
              if _ms(x) != _ms(y)]
@@ -674,12 +422,12 @@ def _prediction(c: _Collector, a: Plan, b: Plan) -> None:
     reach = f"{100 * pa.fraction_of_bound:.1f}% -> {100 * pb.fraction_of_bound:.1f}%"
     if pa.lower_bound_tokens_per_s != pb.lower_bound_tokens_per_s:
         c.add("prediction", "lower bound",
-              f"lower bound {_tps(pa.lower_bound_tokens_per_s)} -> "
-              f"{_tps(pb.lower_bound_tokens_per_s)} tokens/s; plan reaches {reach} of it")
+              f"lower bound {format_tps(pa.lower_bound_tokens_per_s)} -> "
+              f"{format_tps(pb.lower_bound_tokens_per_s)} tokens/s; plan reaches {reach} of it")
     elif pa.fraction_of_bound != pb.fraction_of_bound:
         c.add("prediction", "lower bound",
               f"plan reaches {reach} of the lower bound "
-              f"({_tps(pb.lower_bound_tokens_per_s)} tokens/s)")
+              f"({format_tps(pb.lower_bound_tokens_per_s)} tokens/s)")
     if (pa.cross_node_read_bytes_per_token, pa.bytes_read_per_token) != \
             (pb.cross_node_read_bytes_per_token, pb.bytes_read_per_token):
         c.add("prediction", "cross-node reads",
@@ -708,7 +456,7 @@ def _prediction(c: _Collector, a: Plan, b: Plan) -> None:
 def _baseline_words(base: BaselinePrediction | None) -> str:
     if base is None:
         return "not priced"
-    return f"{_tps(base.tokens_per_s)} tokens/s" + ("" if base.fits else ", does not fit")
+    return f"{format_tps(base.tokens_per_s)} tokens/s" + ("" if base.fits else ", does not fit")
 
 
 def _speedup(base: BaselinePrediction | None, plan_tps: float) -> str:
