@@ -276,7 +276,7 @@ def compile_example(model_dir: Path, w: int) -> Path:
         The library, ``<model_dir>/../tp<w>/<name>-numa-llvm.so``; the plan is embedded in it.
     """
     from numaplan.model import load_workload
-    from numaplan.model.relax_source import read_relax_source
+    from numaplan.model.relax_source import relax_source_for
     from numaplan.passes.build import build_library, library_name
     from numaplan.plan import PlanSettings, make_plan, resolve_settings
     from numaplan.topology import read_sysfs
@@ -287,9 +287,9 @@ def compile_example(model_dir: Path, w: int) -> Path:
                             oversubscribe=w > len(os.sched_getaffinity(0)))
     opts, cost = resolve_settings(settings, wl, topo)
     plan = make_plan(wl, topo, cost, opts, model_name=model_dir.name).plan
-    src = read_relax_source(model_dir)
+    src, why_not = relax_source_for(model_dir)
     if src is None:
-        raise RuntimeError(f"{model_dir} has no Relax module to build")
+        raise RuntimeError(f"cannot build {model_dir}: {why_not}")
     out = model_dir.parent / f"tp{w}" / library_name(model_dir.name)
     return Path(build_library(model_dir, src, plan, out).path)
 

@@ -293,12 +293,12 @@ class Engine:
         if self.config.model_lib:
             lib = Path(self.config.model_lib)
             return lib, lib.parent
-        from numaplan.model.relax_source import read_relax_source
+        from numaplan.model.relax_source import relax_source_for
 
-        src = read_relax_source(self.config.model)
+        src, why_not = relax_source_for(self.config.model)
         if src is None:
-            raise NumaplanError("no model_lib given and the model directory has no Relax "
-                                "module to build (numaplan-model.json)", path=self.config.model)
+            raise NumaplanError(f"no model_lib given and no library can be built: {why_not}",
+                                path=self.config.model)
         opts, cost = resolve_settings(self.plan_settings(), self.workload, self.topology)
         # Keyed on stable inputs (not on the plan file: it records free memory, which moves).
         key = hashlib.sha256(json.dumps({
@@ -374,13 +374,20 @@ class Engine:
 
 
 def _source_digest(src: Any) -> str:
-    """Hash of the builder's module file, so an edited model recompiles."""
+    """Hash of everything that shapes a library: the builder's module file, numaplan's model
+    definitions and kernels (``numaplan/nn``) and its passes (``numaplan/passes``), so an edit
+    to any of them builds a new library instead of reusing a stale one."""
     import importlib.util
 
+    h = hashlib.sha256()
+    pkg = Path(__file__).parent
+    for path in sorted([*(pkg / "nn").glob("*.py"), *(pkg / "passes").glob("*.py")]):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
     try:
         spec = importlib.util.find_spec(src.module_name)
     except (ImportError, ValueError):
         spec = None
-    if spec is None or not spec.origin or not Path(spec.origin).exists():
-        return "unknown"
-    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()
+    if spec is not None and spec.origin and Path(spec.origin).exists():
+        h.update(Path(spec.origin).read_bytes())
+    return h.hexdigest()

@@ -13,7 +13,7 @@ from numaplan.cli._common import add_topology_args, topology_from_args
 from numaplan.cli._planning import add_cost_args, add_plan_args, load_model, settings_from_args
 from numaplan.cli.help import HELP
 from numaplan.errors import UsageError
-from numaplan.model.relax_source import SOURCE_FILE, read_relax_source
+from numaplan.model.relax_source import relax_source_for
 from numaplan.plan import Plan, make_plan, resolve_settings, write_plan
 from numaplan.plan.formatting import format_tps, human_bytes
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     planned = make_plan(workload, topo, cost, opts, model_name=name)
     plan, report = planned.plan, planned.report
     out = Path(args.output or Path("out") / name)
-    src = read_relax_source(args.model_dir)
+    src, why_not = relax_source_for(args.model_dir)
     built = None
     if src is not None and not args.no_build:
         # Build before writing anything: a failed build leaves no half-made output.
@@ -62,9 +62,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.no_build:
         print("library: not built (--no-build)")
     else:
-        print(f"library: not built: {args.model_dir} has no Relax module "
-              f"({SOURCE_FILE}); to build an MLC model with the plan, run `mlc_llm compile` "
-              f"with numaplan's passes (numaplan.passes.wrap_mlc_pipeline, see README)")
+        print(f"library: not built: {why_not}; to build it with the plan, run `mlc_llm "
+              f"compile` with numaplan's passes (numaplan.passes.wrap_mlc_pipeline, see README)")
     return 0
 
 

@@ -77,3 +77,52 @@ def read_relax_source(model_dir: str | Path) -> RelaxSource | None:
     if not src.module_name or not src.function_name:
         raise ModelFormatError(f"builder {src.builder!r} is not 'module:function'", path=path)
     return src
+
+
+#: The builder of numaplan's own model definitions (``numaplan.nn``), used for any MLC model
+#: directory whose ``model_type`` has one and that names no builder of its own.
+BUILTIN_BUILDER = "numaplan.nn.export:build_ir_module"
+
+
+def relax_source_for(model_dir: str | Path) -> tuple[RelaxSource | None, str]:
+    """Where a directory's Relax module comes from, and why when it has none.
+
+    ``numaplan-model.json`` wins (a user's own builder); otherwise an MLC directory whose
+    ``model_type`` numaplan defines (:data:`numaplan.model.architecture.MODEL_TYPES`) is built
+    by :data:`BUILTIN_BUILDER`.
+
+    Returns
+    -------
+    (RelaxSource or None, str)
+        The source, and a one-line reason when there is none.
+
+    Raises
+    ------
+    ModelFormatError
+        A malformed ``numaplan-model.json`` or ``mlc-chat-config.json``.
+    """
+    from numaplan.model.architecture import MODEL_TYPES
+    from numaplan.model.config import MLC_CONFIG_NAME
+
+    src = read_relax_source(model_dir)
+    if src is not None:
+        return src, ""
+    config = Path(model_dir) / MLC_CONFIG_NAME
+    if not config.exists():
+        return None, f"{model_dir} has no {MLC_CONFIG_NAME} (a Hugging Face config plans only)"
+    doc = read_json(config, error=ModelFormatError)
+    model_type = doc.get("model_type") if isinstance(doc, dict) else None
+    quant = doc.get("quantization") if isinstance(doc, dict) else None
+    if model_type not in MODEL_TYPES:
+        return None, (f"numaplan has no model definition for model_type {model_type!r} "
+                      f"(supported: {', '.join(MODEL_TYPES)}); a directory can name its own "
+                      f"builder in {SOURCE_FILE}")
+    if quant not in RUNNABLE_QUANTIZATIONS:
+        return None, (f"numaplan's {model_type} definition runs quantizations "
+                      f"{', '.join(RUNNABLE_QUANTIZATIONS)}, not {quant!r}")
+    return RelaxSource(schema_version=1, kind="relax-nn-builder", builder=BUILTIN_BUILDER,
+                       config=MLC_CONFIG_NAME), ""
+
+
+#: The quantizations numaplan's model definitions run (``numaplan.nn.layers``).
+RUNNABLE_QUANTIZATIONS = ("q0f32", "q0f16", "q0bf16", "q4f16_1", "q4f32_1")
