@@ -73,6 +73,11 @@ HELP.update({
 })
 
 HELP.update({
+    "convert": "convert a GGUF model (llama.cpp's format; llama and qwen2 architectures) into "
+               "an MLC model directory: weights, mlc-chat-config.json, tokenizer",
+    "gguf": "the .gguf file",
+    "convert_out": "the MLC model directory to create (must not exist or be empty)",
+    "convert_quantization": "MLC quantization of the weights (default q4f16_1)",
     "run": "generate tokens with pinned, NUMA-local tensor-parallel workers",
     "run_model": "the MLC model directory (weights)",
     "lib": "the library built by `numaplan compile` (the plan is read from it)",

@@ -46,6 +46,11 @@ def open_gguf(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ModelFormatError("no such file", path=path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelFormatError(f"not a GGUF file (starts with {magic!r}, expected b'GGUF')",
+                               path=path)
     try:
         return gguf.GGUFReader(path)
     except Exception as exc:  # the reader raises ValueError, struct.error, IndexError...
