@@ -27,7 +27,7 @@ import tvm_ffi
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
 
-from numaplan.errors import NumaplanError
+from numaplan.errors import PassOrderError
 from numaplan.plan.schema import Plan
 
 OP_CODES = {"sum": 0, "prod": 1, "min": 2, "max": 3, "avg": 4}
@@ -36,13 +36,9 @@ PREFIX = "numaplan.ccl."
 GROUP = "tp"
 
 
-@tvm_ffi.register_error("PassOrderError")
-class PassOrderError(NumaplanError):
-    """The pass was placed after ``LegalizeOps``.
-
-    Registered with TVM's FFI error table so that it crosses the pass boundary with its type
-    (otherwise it comes back as a ``RuntimeError``).
-    """
+# Registered with TVM's FFI error table so that it crosses the pass boundary with its type
+# (otherwise it comes back as a ``RuntimeError``).
+tvm_ffi.register_error(PassOrderError)
 
 
 def _itemsize(dtype: str) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from numaplan._io import read_json, write_atomic
-from numaplan.errors import NumaplanError, SchemaVersionError
+from numaplan.errors import PlanFormatError, SchemaVersionError
 from numaplan.plan.schema import SCHEMA_VERSION, Plan
 
 PLAN_FILE = "numa-plan.json"
@@ -20,10 +20,6 @@ MIGRATIONS: dict[int, Any] = {}
 
 _SCALAR_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+|null|true|false|\"[^\"\n]*\")"
                           r"(?:,\s*(?:-?[\d.eE+-]+|null|true|false|\"[^\"\n]*\"))*)\s*\]")
-
-
-class PlanFormatError(NumaplanError):
-    """A plan file is malformed."""
 
 
 def plan_text(plan: Plan) -> str:

@@ -106,7 +106,7 @@ import numpy as np
 from pydantic import computed_field, model_validator
 
 from numaplan._base import Frozen
-from numaplan.errors import NumaplanError
+from numaplan.errors import CBuildError, CollectiveError, SegmentError
 from numaplan.osnuma.audit import PageAudit
 from numaplan.osnuma.mempolicy import PlacementOutcome
 from numaplan.osnuma.system import PAGE_SIZE
@@ -119,7 +119,6 @@ from numaplan.runtime.ccl_native import (
     ERR_TIMEOUT,
     MAX_NODES,
     MAX_RANKS,
-    CclBuildError,
     load_library,
     pid_namespace,
 )
@@ -135,7 +134,7 @@ from numaplan.runtime.ccl_numpy import (
     NumpyEngine,
     Wiring,
 )
-from numaplan.runtime.ccl_shm import Segment, SegmentError, SegmentLayout
+from numaplan.runtime.ccl_shm import Segment, SegmentLayout
 
 log = logging.getLogger(__name__)
 _now = time.perf_counter_ns
@@ -159,28 +158,6 @@ DTYPE_NAMES = {DT_F32: "float32", DT_F16: "float16", DT_BF16: "bfloat16", DT_I32
 #: dtype name (numpy or TVM spelling) -> code; reductions support exactly these.
 DTYPE_CODES = {v: k for k, v in DTYPE_NAMES.items()}
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*")
-
-
-class CollectiveError(NumaplanError):
-    """A collective failed: a peer did not arrive, died, aborted or called something else.
-
-    Attributes
-    ----------
-    rank
-        The rank that raised.
-    peer
-        The rank held responsible (did not arrive, died, aborted, mismatched), or ``None``.
-    reason
-        ``timeout``, ``dead``, ``aborted``, ``mismatch``, ``broken`` (an earlier failure),
-        ``closed``, ``usage`` or ``setup``.
-    """
-
-    def __init__(self, message: str, *, rank: int | None = None, peer: int | None = None,
-                 reason: str = "usage") -> None:
-        super().__init__(message)
-        self.rank = rank
-        self.peer = peer
-        self.reason = reason
 
 
 # -- the spec -------------------------------------------------------------------------------------
@@ -622,7 +599,7 @@ class Communicator:
         if kernel in ("auto", "c"):
             try:
                 engine_lib = load_library()
-            except CclBuildError as exc:
+            except CBuildError as exc:
                 if kernel == "c":
                     raise CollectiveError(f"rank {rank}: {exc}", rank=rank, reason="setup"
                                           ) from None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from numaplan import _cbuild
 from numaplan._cbuild import compile_cached, find_compiler
-from numaplan.errors import NumaplanError
+from numaplan.errors import CBuildError
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,6 @@ MAX_NODES = 64
 
 # Return codes of the C functions (CCL_ERR_* in ccl_kernels.c).
 OK, ERR_TIMEOUT, ERR_DEAD, ERR_ABORTED, ERR_MISMATCH, ERR_ARG = range(6)
-
-
-class CclBuildError(NumaplanError):
-    """The collective's C kernel was requested but cannot be built or loaded."""
 
 
 _i32, _u64, _i64, _vp = ctypes.c_int32, ctypes.c_uint64, ctypes.c_int64, ctypes.c_void_p
@@ -93,7 +89,7 @@ class CclLibrary:
         self.path = path
         lib.ccl_ctx_size.restype = _u64
         if lib.ccl_ctx_size() != ctypes.sizeof(Ctx):
-            raise CclBuildError(f"{path}: ccl_ctx is {lib.ccl_ctx_size()} bytes in C but "
+            raise CBuildError(f"{path}: ccl_ctx is {lib.ccl_ctx_size()} bytes in C but "
                                 f"{ctypes.sizeof(Ctx)} in Python; rebuild")
         p = ctypes.POINTER(Ctx)
         ci = ctypes.c_int
@@ -133,15 +129,15 @@ def compile_library(cc: list[str] | None = None, cache: Path | None = None) -> P
 
     Raises
     ------
-    CclBuildError
+    CBuildError
         No compiler, or every flag set failed.
     """
     cc = cc or find_compiler()
     if not cc:
-        raise CclBuildError("no C compiler found (set CC or install gcc)")
+        raise CBuildError("no C compiler found (set CC or install gcc)")
     choices = FLAG_CHOICES[-1:] if os.environ.get("NUMAPLAN_CCL_PORTABLE") == "1" \
         else FLAG_CHOICES
-    return compile_cached(SOURCE, "ccl", choices, cc=cc, cache=cache, error=CclBuildError)
+    return compile_cached(SOURCE, "ccl", choices, cc=cc, cache=cache)
 
 
 _loaded: dict[Path, CclLibrary] = {}
@@ -153,7 +149,7 @@ def load_library() -> CclLibrary:
 
     Raises
     ------
-    CclBuildError
+    CBuildError
         When it cannot be built or loaded.
     """
     path = compile_library()
@@ -162,5 +158,5 @@ def load_library() -> CclLibrary:
             try:
                 _loaded[path] = CclLibrary(path)
             except OSError as exc:
-                raise CclBuildError(f"cannot load {path}: {exc}") from None
+                raise CBuildError(f"cannot load {path}: {exc}") from None
         return _loaded[path]

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from numaplan.errors import NumaplanError, PlacementError
+from numaplan.errors import PlacementError, SegmentError
 from numaplan.osnuma.audit import PageAudit, audit_range
 from numaplan.osnuma.mempolicy import PlacementOutcome, bind_range
 from numaplan.osnuma.system import PAGE_SIZE
@@ -158,10 +158,6 @@ def layout_hash(namespace: str, node_of_rank: tuple[int, ...], slot_stride: int)
     """A 63-bit digest of what the layout depends on."""
     text = f"{LAYOUT_VERSION}|{namespace}|{','.join(map(str, node_of_rank))}|{slot_stride}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-
-
-class SegmentError(NumaplanError):
-    """A shared-memory segment cannot be created, found or used."""
 
 
 class Segment:

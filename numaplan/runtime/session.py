@@ -28,7 +28,13 @@ from typing import Any
 from pydantic import Field
 
 from numaplan._base import Frozen
-from numaplan.errors import NumaplanError, PlacementError
+from numaplan.errors import (
+    NumaplanError,
+    PlacementError,
+    StalePlanError,
+    WorkerDiedError,
+    error_class,
+)
 from numaplan.plan.io import plan_from_dict, read_plan
 from numaplan.plan.schema import Plan
 from numaplan.runtime.shared_weights import cleanup_weight_segments
@@ -37,24 +43,6 @@ from numaplan.topology import Topology, parse_cpulist, read_sysfs
 log = logging.getLogger(__name__)
 
 CCL_OPS = ("allreduce", "broadcast_from_worker0", "allgather", "scatter_from_worker0")
-
-
-def _error_class(name: Any) -> type[NumaplanError]:
-    """The :mod:`numaplan.errors` class a worker named (``NumaplanError`` for any other)."""
-    from numaplan import errors
-
-    cls = getattr(errors, str(name), None)
-    if isinstance(cls, type) and issubclass(cls, NumaplanError):
-        return cls
-    return NumaplanError
-
-
-class StalePlanError(NumaplanError):
-    """The plan was made for another model index or another machine."""
-
-
-class WorkerDiedError(NumaplanError):
-    """A worker process died; the session was torn down."""
 
 
 class RunOptions(Frozen):
@@ -492,7 +480,7 @@ class NumaRuntime:
             msg = str(doc["error"])
             if not msg.startswith(f"worker {i}:"):
                 msg = f"worker {i}: {msg}"
-            return _error_class(doc.get("type"))(msg)
+            return error_class(str(doc.get("type")))(msg)
         log.debug("worker %d traceback:\n%s", i, doc.get("trace", ""))
         return NumaplanError(f"worker {i} failed during {self._phase}: "
                              f"{doc.get('type')}: {doc['error']}")
