@@ -1,7 +1,7 @@
 """Build a small C library at first use and cache it: the one place that does it.
 
 Used by the measurement kernels (:mod:`numaplan.osnuma.kernels`) and the collective's kernel
-(:mod:`numaplan.runtime.ccl_native`); every failure is a :class:`~numaplan.errors.CBuildError`.
+(:mod:`numaplan.runtime.ccl.kernel`); every failure is a :class:`~numaplan.errors.CBuildError`.
 The compiler is ``$CC`` (split like a shell would), else the first of ``cc``, ``gcc``, ``clang``
 on ``PATH``. A build is cached under
 ``$XDG_CACHE_HOME/numaplan`` (default ``~/.cache/numaplan``) as ``<prefix>-<hash>.so``, the hash

@@ -17,7 +17,6 @@ import gc
 import json
 import logging
 import os
-import secrets
 import signal
 import threading
 import time
@@ -38,12 +37,10 @@ from numaplan.errors import (
 from numaplan.plan.io import plan_from_dict, read_plan
 from numaplan.plan.schema import Plan
 from numaplan.runtime.shared_weights import cleanup_weight_segments
+from numaplan.runtime.shm import new_namespace
 from numaplan.topology import Topology, parse_cpulist, read_sysfs
 
 log = logging.getLogger(__name__)
-
-CCL_OPS = ("allreduce", "broadcast_from_worker0", "allgather", "scatter_from_worker0")
-
 
 class RunOptions(Frozen):
     """How to run.
@@ -131,20 +128,6 @@ class GenerationResult(Frozen):
     collective: dict[str, float] = Field(default_factory=dict)
 
 
-def _ensure_ccl_resolvable() -> None:
-    """The VM resolves every packed function when a library loads; before worker 0 has its
-    communicator the names must exist in this process, and fail if actually called."""
-    import tvm
-    import tvm_ffi
-
-    def detached(*_args: Any) -> None:
-        raise NumaplanError("numaplan.ccl called outside a numaplan session")
-
-    for op in CCL_OPS:
-        if tvm.get_global_func(f"numaplan.ccl.{op}", allow_missing=True) is None:
-            tvm_ffi.register_global_func(f"numaplan.ccl.{op}", detached)
-
-
 def read_library_plan(lib_path: str | Path) -> tuple[Plan, dict[str, Any]]:
     """The plan and MLC-style ``_metadata`` compiled into a library.
 
@@ -156,7 +139,9 @@ def read_library_plan(lib_path: str | Path) -> tuple[Plan, dict[str, Any]]:
     import tvm
     from tvm import relax
 
-    _ensure_ccl_resolvable()
+    from numaplan.runtime.ccl.tvm_functions import register_placeholders
+
+    register_placeholders()
     path = Path(lib_path)
     if not path.exists():
         raise NumaplanError("library not found", path=path)
@@ -248,7 +233,7 @@ class NumaRuntime:
         self.plan: Plan | None = None
         self.metadata: dict[str, Any] = {}
         self.warnings: list[str] = []
-        self.namespace = f"numaplan-{os.getpid()}-{secrets.token_hex(4)}"
+        self.namespace = new_namespace()
         self._sess: Any = None
         self._mod: Any = None
         self._pids: dict[int, int] = {}

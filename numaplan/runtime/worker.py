@@ -158,7 +158,7 @@ def _attach_collective(plan: Plan, spec: dict[str, Any], rank: int) -> Any:
     if plan.request.tensor_parallel_shards == 1:
         return None
     from numaplan.runtime.ccl import CommSpec, Communicator
-    from numaplan.runtime.ccl_tvm import register_tvm_functions
+    from numaplan.runtime.ccl.tvm_functions import register_tvm_functions
 
     cs = CommSpec.from_plan(plan, spec["namespace"],
                             timeout_s=float(spec.get("collective_timeout_s", 30.0)))

@@ -42,11 +42,10 @@ from numaplan.errors import PlacementError, SegmentError
 from numaplan.osnuma.audit import PageAudit, audit_range
 from numaplan.osnuma.mempolicy import PlacementOutcome, bind_range
 from numaplan.osnuma.system import PAGE_SIZE
-from numaplan.runtime.shm import mapping_address, open_when_published
+from numaplan.runtime.shm import SHM_DIR, mapping_address, open_when_published
 
 log = logging.getLogger(__name__)
 
-SHM_DIR = Path("/dev/shm")
 MAGIC = 0x314C4343414D554E  # b"NUMACCL1" little-endian
 LAYOUT_VERSION = 1
 HEADER_BYTES = 4096
