@@ -33,6 +33,7 @@ from numaplan.ccl_abi import (
     ERR_ABORTED,
     ERR_ARG,
     GROUP,
+    ONE_SHOT,
     OP_AVG,
     OP_SUM,
     OPS,
@@ -51,6 +52,7 @@ from numaplan.runtime.ccl.spec import CommSpec
 from numaplan.runtime.ccl.stats import CallKindStats, CommStats
 
 _now = time.perf_counter_ns
+_AR, _BC, _AG, _SC = (OPS[k] for k in (ALLREDUCE, BROADCAST, ALLGATHER, SCATTER))  # messages
 #: Algorithm arguments that leave the choice to the spec's table ("none" is what a plan says
 #: for a single worker; "" what an unset argument looks like).
 _BY_SIZE_NAMES = (BY_SIZE, "none", "")
@@ -79,7 +81,7 @@ def dtype_code(dtype: object) -> int:
         if isinstance(dtype, np.dtype):
             _DTYPES[dtype] = code
         return code
-    raise CollectiveError(f"allreduce does not support dtype {name}; use one of "
+    raise CollectiveError(f"{_AR} does not support dtype {name}; use one of "
                           f"{', '.join(DTYPES)} (bfloat16 may be passed as a uint16 array "
                           f"with dtype='bfloat16')")
 
@@ -368,15 +370,15 @@ class Communicator:
                     self.allreduce_raw(address_of(x), address_of(out), x.size, dt, op_code,
                                        coll_id, group, algorithm)
                 return out
-        xa = _contiguous(x, "allreduce: x")
-        o = _out(out, xa.shape, xa.dtype, "allreduce")
+        xa = _contiguous(x, f"{_AR}: x")
+        o = _out(out, xa.shape, xa.dtype, _AR)
         if o.dtype != xa.dtype and dtype is None:
-            raise CollectiveError(f"allreduce: out is {o.dtype}, x is {xa.dtype}")
+            raise CollectiveError(f"{_AR}: out is {o.dtype}, x is {xa.dtype}")
         if not xa.dtype.isnative:
-            raise CollectiveError(f"allreduce: x has non-native byte order ({xa.dtype.str})")
+            raise CollectiveError(f"{_AR}: x has non-native byte order ({xa.dtype.str})")
         dt = dtype_code(dtype if dtype is not None else xa.dtype)
         if DTYPE_SIZES[dt] != xa.dtype.itemsize:
-            raise CollectiveError(f"allreduce: dtype {DTYPES[dt]} does not match the "
+            raise CollectiveError(f"{_AR}: dtype {DTYPES[dt]} does not match the "
                                   f"{xa.dtype.itemsize}-byte elements of x")
         if xa.size:
             self.allreduce_raw(address_of(xa), address_of(o), xa.size, dt, op_code, coll_id,
@@ -386,8 +388,8 @@ class Communicator:
     def broadcast_from_worker0(self, x: object, coll_id: int = 0, group: str = GROUP,
                                out: object = None) -> np.ndarray:
         """Rank 0's ``x`` into every rank's ``out`` (other ranks' ``x`` is ignored)."""
-        xa = _contiguous(x, "broadcast_from_worker0: x")
-        o = _out(out, xa.shape, xa.dtype, "broadcast_from_worker0")
+        xa = _contiguous(x, f"{_BC}: x")
+        o = _out(out, xa.shape, xa.dtype, _BC)
         if xa.nbytes:
             self.broadcast_raw(address_of(xa), address_of(o), xa.nbytes, coll_id, group)
         return o
@@ -395,10 +397,10 @@ class Communicator:
     def allgather(self, x: object, coll_id: int = 0, group: str = GROUP, out: object = None
                   ) -> np.ndarray:
         """Concatenate every rank's ``x`` along axis 0 into ``out`` (W times ``x``'s size)."""
-        xa = _contiguous(x, "allgather: x")
+        xa = _contiguous(x, f"{_AG}: x")
         shape = (xa.shape[0] * self.world_size, *xa.shape[1:]) if xa.ndim else \
             (self.world_size,)
-        o = _out(out, shape, xa.dtype, "allgather")
+        o = _out(out, shape, xa.dtype, _AG)
         if xa.nbytes:
             self.allgather_raw(address_of(xa), address_of(o), xa.nbytes, coll_id, group)
         return o
@@ -409,16 +411,16 @@ class Communicator:
 
         Other ranks' ``x`` only gives the shape and dtype (its contents are ignored).
         """
-        xa = _contiguous(x, "scatter_from_worker0: x")
+        xa = _contiguous(x, f"{_SC}: x")
         W = self.world_size
         if xa.ndim == 0:
-            raise CollectiveError("scatter_from_worker0: x must have at least one dimension")
+            raise CollectiveError(f"{_SC}: x must have at least one dimension")
         axis = axis % xa.ndim
         if xa.shape[axis] % W:
-            raise CollectiveError(f"scatter_from_worker0: axis {axis} of x has "
+            raise CollectiveError(f"{_SC}: axis {axis} of x has "
                                   f"{xa.shape[axis]} elements, not divisible by {W} ranks")
         shape = (*xa.shape[:axis], xa.shape[axis] // W, *xa.shape[axis + 1:])
-        o = _out(out, shape, xa.dtype, "scatter_from_worker0")
+        o = _out(out, shape, xa.dtype, _SC)
         if not o.nbytes:
             return o
         if self.rank == 0 and axis != 0:
@@ -435,7 +437,7 @@ class Communicator:
     def barrier(self) -> None:
         """Return when every rank has entered the barrier (a one-shot all-reduce of 4 bytes)."""
         one = np.zeros(1, np.int32)
-        self.allreduce(one, OP_SUM, 0xFFFF, GROUP, "one_shot", one)
+        self.allreduce(one, OP_SUM, 0xFFFF, GROUP, ALGORITHMS[ONE_SHOT], one)
 
     # -- collectives on raw addresses (the TVM path uses these) -------------------------------
     def allreduce_raw(self, xa: int, oa: int, count: int, dt: int, op: int, coll_id: int = 0,
