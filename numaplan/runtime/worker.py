@@ -265,8 +265,7 @@ def generate(vm: Any, prompt: Any, max_new: int, max_seq: int, want_logits: int
     del keep
     return GenerationResult(
         prompt_ids=tuple(int(i) for i in ids), tokens=tuple(tokens), prefill_s=prefill_s,
-        step_s=tuple(steps),
-        logits=tuple(tuple(row) for row in kept),
+        step_s=tuple(steps), logits=tuple(tuple(row) for row in kept),
         collective=_stats_delta(c0, comm.stats()) if comm is not None and c0 is not None
         else {})
 

@@ -140,18 +140,23 @@ class Engine:
         return c.read_bytes, c.inter_bytes, c.remote_bytes, c.wait_ns
 
     def reset_counters(self) -> None:
+        """Zero :meth:`counters`."""
         c = self._ctx
         c.read_bytes = c.inter_bytes = c.remote_bytes = c.wait_ns = 0
 
     @property
     def timeout_s(self) -> float:
+        """How long a call waits for a peer."""
         return self._ctx.timeout_ns / 1e9
 
     def set_timeout(self, seconds: float) -> None:
+        """Change :attr:`timeout_s`."""
         self._ctx.timeout_ns = int(seconds * 1e9)
 
     def load(self, address: int) -> int:
+        """The 64-bit word at ``address`` (acquire)."""
         return self.lib.load_acquire(address)
 
     def store(self, address: int, value: int) -> None:
+        """Store the 64-bit ``value`` at ``address`` (release)."""
         self.lib.store_release(address, value)

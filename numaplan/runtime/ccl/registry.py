@@ -34,6 +34,7 @@ def track(comm: _Closable) -> None:
 
 
 def untrack(comm: _Closable) -> None:
+    """``comm`` was closed: nothing to do at exit."""
     with _lock:
         _live.discard(comm)
 
