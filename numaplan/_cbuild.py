@@ -1,8 +1,9 @@
 """Build a small C library at first use and cache it: the one place that does it.
 
 Used by the measurement kernels (:mod:`numaplan.osnuma.kernels`) and the collective's kernel
-(:mod:`numaplan.runtime.ccl_native`). The compiler is ``$CC`` (split like a shell would), else
-the first of ``cc``, ``gcc``, ``clang`` on ``PATH``. A build is cached under
+(:mod:`numaplan.runtime.ccl.kernel`); every failure is a :class:`~numaplan.errors.CBuildError`.
+The compiler is ``$CC`` (split like a shell would), else the first of ``cc``, ``gcc``, ``clang``
+on ``PATH``. A build is cached under
 ``$XDG_CACHE_HOME/numaplan`` (default ``~/.cache/numaplan``) as ``<prefix>-<hash>.so``, the hash
 covering the source, the compiler and its version, the flags and the architecture, and the CPU's
 feature flags only when the flags say ``-march=native`` (such a build is for this CPU alone; a
@@ -26,9 +27,12 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from numaplan.errors import NumaplanError
+from numaplan.errors import CBuildError
 
 log = logging.getLogger(__name__)
+
+#: What every build says when there is no compiler.
+NO_COMPILER = "no C compiler found (set CC or install gcc)"
 
 _version_cache: dict[tuple[str, ...], str] = {}
 _build_lock = threading.Lock()
@@ -88,8 +92,7 @@ def library_path(source: Path, prefix: str, cc: Sequence[str], flags: Sequence[s
     return (cache or cache_dir()) / f"{prefix}-{h.hexdigest()[:16]}.so"
 
 
-def _build(source: Path, cc: Sequence[str], flags: Sequence[str], target: Path,
-           error: type[NumaplanError]) -> Path:
+def _build(source: Path, cc: Sequence[str], flags: Sequence[str], target: Path) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         directory = target.parent
@@ -105,11 +108,11 @@ def _build(source: Path, cc: Sequence[str], flags: Sequence[str], target: Path,
         proc = subprocess.run([*cc, *flags, "-o", tmp, str(source)], capture_output=True,
                               text=True, timeout=120)
         if proc.returncode != 0:
-            raise error(f"compiling {source.name} with {' '.join(cc)} {' '.join(flags)} "
+            raise CBuildError(f"compiling {source.name} with {' '.join(cc)} {' '.join(flags)} "
                         f"failed: {proc.stderr.strip()[:400]}")
         os.replace(tmp, target)  # atomic: other processes see no file or a whole one
     except (OSError, subprocess.SubprocessError) as exc:
-        raise error(f"cannot compile {source.name} with {' '.join(cc)}: {exc}") from None
+        raise CBuildError(f"cannot compile {source.name} with {' '.join(cc)}: {exc}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -118,8 +121,7 @@ def _build(source: Path, cc: Sequence[str], flags: Sequence[str], target: Path,
 
 
 def compile_cached(source: Path, prefix: str, flag_choices: Sequence[Sequence[str]], *,
-                   cc: Sequence[str] | None = None, cache: Path | None = None,
-                   error: type[NumaplanError] = NumaplanError) -> Path:
+                   cc: Sequence[str] | None = None, cache: Path | None = None) -> Path:
     """Return the cached build of ``source``, building it first if needed.
 
     Parameters
@@ -135,17 +137,15 @@ def compile_cached(source: Path, prefix: str, flag_choices: Sequence[Sequence[st
         Compiler command (default :func:`find_compiler`).
     cache
         Cache directory (default :func:`cache_dir`).
-    error
-        The exception class raised on failure.
 
     Raises
     ------
-    NumaplanError
-        (``error``) No compiler, or every flag set failed.
+    CBuildError
+        No compiler, or every flag set failed.
     """
     cc = list(cc) if cc else find_compiler()
     if not cc:
-        raise error("no C compiler found (set CC or install gcc)")
+        raise CBuildError(NO_COMPILER)
     failures = []
     with _build_lock:
         for flags in flag_choices:
@@ -153,7 +153,7 @@ def compile_cached(source: Path, prefix: str, flag_choices: Sequence[Sequence[st
             if target.exists():
                 return target
             try:
-                return _build(source, cc, flags, target, error)
-            except NumaplanError as exc:
+                return _build(source, cc, flags, target)
+            except CBuildError as exc:
                 failures.append(str(exc))
-    raise error("; ".join(failures))
+    raise CBuildError("; ".join(failures))

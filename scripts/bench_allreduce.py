@@ -10,8 +10,8 @@ call. torch is optional: without it the gloo rows are skipped with a message
 
 Backends:
 
-- ``numaplan-c/<algorithm>`` and ``numaplan-numpy/<algorithm>``: numaplan's collective with
-  the C kernel and with the numpy fallback, for every algorithm that applies on one node
+- ``numaplan-c/<algorithm>``: numaplan's collective (its C kernel), for every algorithm that
+  applies on one node
   (one_shot, two_shot, hierarchical: reduce to the leader, then broadcast);
 - ``pipe``: rank 0 sends its array then receives the peer's, rank 1 the other way round, each
   adds (numpy, float32 accumulation for float16);
@@ -20,7 +20,7 @@ Backends:
 Usage::
 
     .venv/bin/python scripts/bench_allreduce.py [--sizes 4K,16K,64K,256K,1M]
-        [--dtypes float16,float32] [--iters N] [--json FILE] [--no-gloo] [--no-numpy]
+        [--dtypes float16,float32] [--iters N] [--json FILE] [--no-gloo]
 """
 
 from __future__ import annotations
@@ -76,11 +76,11 @@ def _input(rank: int, count: int, dtype: str) -> np.ndarray:
 
 
 # -- the per-rank backends ------------------------------------------------------------------------
-def run_numaplan(rank, cases, args, namespace, kernel):
+def run_numaplan(rank, cases, args, namespace):
     from numaplan.runtime.ccl import CommSpec, Communicator
 
     spec = CommSpec(namespace=namespace, node_of_rank=(0, 0), slot_bytes=max(c[1] for c in cases),
-                    timeout_s=60, kernel=kernel)
+                    timeout_s=60)
     results = {}
     with Communicator.create(spec, rank) as comm:
         comm.barrier()
@@ -89,8 +89,6 @@ def run_numaplan(rank, cases, args, namespace, kernel):
             out = np.empty_like(x)
             for algo in ("one_shot", "two_shot", "hierarchical"):
                 n = iterations(nbytes, args.iters)
-                if kernel == "numpy":
-                    n = max(100, n // 5)
                 for _ in range(args.warmup):
                     comm.allreduce(x, 0, 0, "tp", algo, out)
                 samples = []
@@ -98,7 +96,7 @@ def run_numaplan(rank, cases, args, namespace, kernel):
                     t0 = time.perf_counter_ns()
                     comm.allreduce(x, 0, 0, "tp", algo, out)
                     samples.append(time.perf_counter_ns() - t0)
-                results[(f"numaplan-{kernel}/{algo}", dtype, nbytes)] = samples
+                results[(f"numaplan-c/{algo}", dtype, nbytes)] = samples
                 comm.barrier()
         results["stats"] = comm.stats().model_dump()
     return results
@@ -173,8 +171,7 @@ def rank_main(rank, cpu, cases, args, namespace, conn, port, report):
     set_affinity([cpu])
     out = {}
     try:
-        for kernel in args.kernels:
-            out.update(run_numaplan(rank, cases, args, f"{namespace}-{kernel}", kernel))
+        out.update(run_numaplan(rank, cases, args, namespace))
         out.update(run_pipe(rank, cases, args, conn))
         if port:
             out.update(run_gloo(rank, cases, args, port))
@@ -203,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus", default=None, help="two CPU ids (default: first two allowed)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--no-gloo", action="store_true")
-    ap.add_argument("--no-numpy", action="store_true", help="skip the numpy-fallback rows")
     args = ap.parse_args(argv)
-    args.kernels = ["c"] if args.no_numpy else ["c", "numpy"]
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     dtypes = args.dtypes.split(",")
     cases = [(d, s) for d in dtypes for s in sizes]
@@ -251,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in procs:
             if p.is_alive():
                 p.kill()
-        for kernel in args.kernels:
-            cleanup(f"{namespace}-{kernel}")
+        cleanup(namespace)
     for g in got:
         if g[0] == "error":
             print(f"rank {g[1]} failed:\n{g[2]}", file=sys.stderr)
@@ -278,11 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     head = f"{'backend':28s} {'dtype':8s} {'size':>8s} {'median':>9s} {'p90':>9s} {'vs gloo':>8s}"
     print(head)
     print("-" * len(head))
-    order = {"c": 0, "numpy": 1}
     rows.sort(key=lambda r: (r["dtype"], r["bytes"],
-                             (0, order.get(r["backend"].split("/")[0][9:], 2), r["backend"])
-                             if r["backend"].startswith("numaplan") else
-                             (1, 0, r["backend"])))
+                             (0, r["backend"]) if r["backend"].startswith("numaplan") else
+                             (1, r["backend"])))
     last = None
     for r in rows:
         if last is not None and (r["dtype"], r["bytes"]) != last:

@@ -38,9 +38,9 @@ def single_process(model_dir: Path, lib: Path, tokens: int, threads: int) -> dic
 
     from examples.tiny_llama.compile import VMRunner
     from examples.tiny_llama.reference import load_shard_params
-    from numaplan.runtime.session import _ensure_ccl_resolvable
+    from numaplan.runtime.ccl.tvm_functions import register_placeholders
 
-    _ensure_ccl_resolvable()
+    register_placeholders()
     tvm.get_global_func("runtime.config_threadpool")(-2, threads,
                                                     [str(c) for c in range(threads)])
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())

@@ -5,11 +5,7 @@ from __future__ import annotations
 import pytest
 
 from numaplan import _cbuild
-from numaplan.errors import NumaplanError
-
-
-class BuildError(NumaplanError):
-    pass
+from numaplan.errors import CBuildError
 
 
 @pytest.fixture
@@ -26,7 +22,7 @@ def test_first_flag_set_that_builds_wins_and_is_cached(cc, tmp_path):
     cache = tmp_path / "cache"
     bad = ("-shared", "-fPIC", "--no-such-flag-numaplan")
     good = ("-O2", "-shared", "-fPIC")
-    path = _cbuild.compile_cached(src, "k", (bad, good), cc=cc, cache=cache, error=BuildError)
+    path = _cbuild.compile_cached(src, "k", (bad, good), cc=cc, cache=cache)
     assert path == _cbuild.library_path(src, "k", cc, good, cache) and path.is_file()
     assert sorted(p.name for p in cache.iterdir()) == [path.name]  # no temporary file left
     mtime = path.stat().st_mtime_ns
@@ -36,16 +32,15 @@ def test_first_flag_set_that_builds_wins_and_is_cached(cc, tmp_path):
     assert _cbuild.compile_cached(src, "k", (good,), cc=cc, cache=cache) != path
 
 
-def test_every_flag_set_failing_raises_the_callers_error(cc, tmp_path):
+def test_every_flag_set_failing_is_a_c_build_error(cc, tmp_path):
     src = tmp_path / "broken.c"
     src.write_text("this is not C\n")
-    with pytest.raises(BuildError, match=r"compiling broken\.c with .* failed"):
-        _cbuild.compile_cached(src, "b", (("-shared", "-fPIC"),), cc=cc, cache=tmp_path / "c",
-                               error=BuildError)
+    with pytest.raises(CBuildError, match=r"compiling broken\.c with .* failed"):
+        _cbuild.compile_cached(src, "b", (("-shared", "-fPIC"),), cc=cc, cache=tmp_path / "c")
     assert not list((tmp_path / "c").iterdir())
 
 
-def test_no_compiler_is_the_callers_error(monkeypatch, tmp_path):
+def test_no_compiler_is_a_c_build_error(monkeypatch, tmp_path):
     monkeypatch.setattr(_cbuild, "find_compiler", lambda: None)
-    with pytest.raises(BuildError, match="no C compiler found"):
-        _cbuild.compile_cached(tmp_path / "k.c", "k", (("-O2",),), error=BuildError)
+    with pytest.raises(CBuildError, match="no C compiler found"):
+        _cbuild.compile_cached(tmp_path / "k.c", "k", (("-O2",),))

@@ -63,6 +63,14 @@ FOUNDATIONS = ("_version.py", "_base.py", "_io.py", "_cbuild.py", "errors.py")
 for _name in FOUNDATIONS:
     FORBIDDEN[_name] = {"tvm", "tvm_ffi", "pulp", "highspy", "numaplan.topology",
                         "numaplan.osnuma", *_LAYERS_RIGHT_OF_TOPOLOGY}
+# The collective's ABI: what the compile pass and the runtime share (it reads plans' types);
+# it may import neither of them.
+FORBIDDEN["ccl_abi.py"] = {"tvm", "tvm_ffi", "pulp", "highspy", "numaplan.passes",
+                           "numaplan.runtime", "numaplan.cli", "numaplan.engine",
+                           "numaplan.bench", "numaplan.nn", "numaplan.convert"}
+# The generation loop steps any model through a protocol: it never imports the runtime.
+FORBIDDEN["generation.py"] = {"tvm", "tvm_ffi", "pulp", "highspy", "numaplan.topology",
+                              "numaplan.osnuma", *_LAYERS_RIGHT_OF_TOPOLOGY}
 for _name in _TEXT:
     FORBIDDEN[_name] = {"tvm", "tvm_ffi", "pulp", "highspy", "numaplan.topology",
                         "numaplan.osnuma", *_LAYERS_RIGHT_OF_TOPOLOGY}

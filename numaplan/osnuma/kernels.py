@@ -19,8 +19,8 @@ from typing import Literal
 
 import numpy as np
 
-from numaplan._cbuild import compile_cached, find_compiler
-from numaplan.errors import NumaplanError
+from numaplan._cbuild import NO_COMPILER, compile_cached, find_compiler
+from numaplan.errors import CBuildError
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,6 @@ KernelChoice = Literal["auto", "c", "numpy"]
 _PATTERN_BASE = np.uint64(0x3FF0000000000000)
 _PATTERN_MULT = np.uint64(0x9E3779B97F4A7C15)
 _FILL_CHUNK_WORDS = 1 << 20
-
-
-class KernelBuildError(NumaplanError):
-    """The C kernels were requested but cannot be built or loaded."""
 
 
 def u64_view(address: int, nbytes: int) -> np.ndarray:
@@ -155,14 +151,13 @@ def compile_kernels(cc: list[str] | None = None, cache: Path | None = None) -> P
 
     Raises
     ------
-    KernelBuildError
+    CBuildError
         No compiler, a failed build, or no writable cache directory.
     """
     cc = cc or find_compiler()
     if not cc:
-        raise KernelBuildError("no C compiler found (set CC or install gcc)")
-    return compile_cached(KERNEL_SOURCE, "kernels", (CFLAGS,), cc=cc, cache=cache,
-                          error=KernelBuildError)
+        raise CBuildError(NO_COMPILER)
+    return compile_cached(KERNEL_SOURCE, "kernels", (CFLAGS,), cc=cc, cache=cache)
 
 
 _loaded: dict[Path, CKernels] = {}
@@ -179,7 +174,7 @@ def load_kernels(kind: KernelChoice = "auto") -> MemoryKernels:
 
     Raises
     ------
-    KernelBuildError
+    CBuildError
         ``kind="c"`` and the library cannot be built or loaded.
     """
     if kind == "numpy":
@@ -190,9 +185,9 @@ def load_kernels(kind: KernelChoice = "auto") -> MemoryKernels:
             try:
                 _loaded[path] = CKernels(path)
             except OSError as exc:
-                raise KernelBuildError(f"cannot load {path}: {exc}") from None
+                raise CBuildError(f"cannot load {path}: {exc}") from None
         return _loaded[path]
-    except KernelBuildError as exc:
+    except CBuildError as exc:
         if kind == "c":
             raise
         log.warning("%s; measuring with numpy (latency is an upper bound)", exc)

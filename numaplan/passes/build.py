@@ -14,14 +14,10 @@ import tvm
 
 from numaplan._base import Frozen
 from numaplan._io import publish
-from numaplan.errors import ModelFormatError, NumaplanError
+from numaplan.errors import BuildError, ModelFormatError, NumaplanError
 from numaplan.model.relax_source import SOURCE_FILE, RelaxSource
 from numaplan.passes.pipeline import numaplan_pipeline
 from numaplan.plan.schema import Plan
-
-
-class BuildError(NumaplanError):
-    """The model library could not be built."""
 
 
 class BuildResult(Frozen):

@@ -3,21 +3,15 @@
 TVM lowers ``relax.ccl.*`` (in ``LegalizeOps``) to ``runtime.disco.<op>``, which dispatches to a
 CCL (NCCL/RCCL) that does not exist on CPU. This pass runs first and rewrites every collective
 into ``call_dps_packed("numaplan.ccl.<op>", ...)``, the functions ``numaplan.runtime`` registers
-in every worker. Each call carries:
+in every worker, with the names, codes and signatures of the collective's ABI
+(:mod:`numaplan.ccl_abi`). Each call carries:
 
 - a collective id (its order in the function, so a trace names the call site),
 - the group (``"tp"``: all tensor-parallel workers; the only group MLC's models use),
-- the algorithm the plan picked for the message size (``hierarchical``, ``one_shot``, ...);
-  a message whose size is not static (prefill, with a symbolic sequence length) gets
-  ``"by_size"`` and the runtime picks from the plan's table at run time.
-
-Call signatures (destination-passing, the output is the last argument):
-
-- ``numaplan.ccl.allreduce(x, op_code, coll_id, group, algorithm, out)`` (op codes as TVM's:
-  sum 0, prod 1, min 2, max 3, avg 4)
-- ``numaplan.ccl.broadcast_from_worker0(x, coll_id, group, out)``
-- ``numaplan.ccl.allgather(x, coll_id, group, out)`` (concatenation along axis 0)
-- ``numaplan.ccl.scatter_from_worker0(x, axis, coll_id, group, out)``
+- for an all-reduce, the algorithm for the message size from the plan's table
+  (:func:`numaplan.ccl_abi.plan_algorithms`, the table the runtime uses too); a message whose
+  size is not static (prefill, with a symbolic sequence length) gets ``"by_size"`` and the
+  runtime picks from the same table at run time.
 """
 
 from __future__ import annotations
@@ -27,22 +21,23 @@ import tvm_ffi
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
 
-from numaplan.errors import NumaplanError
+from numaplan.ccl_abi import (
+    ALLREDUCE,
+    BY_SIZE,
+    GROUP,
+    OP_CODES,
+    OPS,
+    SCATTER,
+    choose_algorithm,
+    function_name,
+    plan_algorithms,
+)
+from numaplan.errors import PassOrderError
 from numaplan.plan.schema import Plan
 
-OP_CODES = {"sum": 0, "prod": 1, "min": 2, "max": 3, "avg": 4}
-CCL_OPS = ("allreduce", "broadcast_from_worker0", "allgather", "scatter_from_worker0")
-PREFIX = "numaplan.ccl."
-GROUP = "tp"
-
-
-@tvm_ffi.register_error("PassOrderError")
-class PassOrderError(NumaplanError):
-    """The pass was placed after ``LegalizeOps``.
-
-    Registered with TVM's FFI error table so that it crosses the pass boundary with its type
-    (otherwise it comes back as a ``RuntimeError``).
-    """
+# Registered with TVM's FFI error table so that it crosses the pass boundary with its type
+# (otherwise it comes back as a ``RuntimeError``).
+tvm_ffi.register_error(PassOrderError)
 
 
 def _itemsize(dtype: str) -> int:
@@ -64,14 +59,16 @@ def static_nbytes(ty: relax.TensorType) -> int | None:
 
 
 def algorithm_for(plan: Plan | None, nbytes: int | None) -> str:
-    """The plan's algorithm for a message of ``nbytes`` (closest listed size)."""
-    if plan is None or not plan.collectives.choices:
-        return "by_size"
-    if nbytes is None:
-        return "by_size"
-    best = min(plan.collectives.choices,
-               key=lambda c: (abs(c.message_bytes - nbytes), c.message_bytes))
-    return best.algorithm
+    """The all-reduce algorithm to compile in for a message of ``nbytes``.
+
+    The plan's table decides (:func:`~numaplan.ccl_abi.choose_algorithm` over
+    :func:`~numaplan.ccl_abi.plan_algorithms`: the rule the runtime applies to ``by_size``), so
+    the compiled choice and the run-time choice agree for every size. ``by_size`` when there is
+    no plan, the plan lists no choices, or the size is not static.
+    """
+    if plan is None or not plan.collectives.choices or nbytes is None:
+        return BY_SIZE
+    return choose_algorithm(plan_algorithms(plan), nbytes)
 
 
 @visitor
@@ -88,7 +85,7 @@ class _LegalizedCollectiveFinder(PyExprVisitor):
             target = call.args[0]
             name = getattr(target, "global_symbol", None)
             if isinstance(name, str) and name.startswith("runtime.disco.") and \
-                    name.split(".")[-1] in CCL_OPS:
+                    name.split(".")[-1] in OPS:
                 self.found.append(name)
 
 
@@ -109,24 +106,23 @@ class _Rewriter(PyExprMutator):
         if not isinstance(call.op, tvm.ir.Op) or not call.op.name.startswith("relax.ccl."):
             return call
         op = call.op.name.removeprefix("relax.ccl.")
+        if op not in OPS:
+            raise PassOrderError(f"unsupported collective relax.ccl.{op}")
         x = call.args[0]
         cid = relax.prim_value(self._next_id())
         group = tvm.ir.StringImm(GROUP)
         self.rewritten += 1
-        if op == "allreduce":
+        # The argument lists are the ABI's signatures (numaplan.ccl_abi), output last (DPS).
+        kind = OPS.index(op)
+        if kind == ALLREDUCE:
             code = OP_CODES[str(call.attrs.op_type)]
             algo = algorithm_for(self.plan, static_nbytes(x.ty))
-            return relax.call_dps_packed(
-                PREFIX + op, [x, relax.prim_value(code), cid, group, tvm.ir.StringImm(algo)],
-                out_ty=call.ty)
-        if op == "broadcast_from_worker0":
-            return relax.call_dps_packed(PREFIX + op, [x, cid, group], out_ty=call.ty)
-        if op == "allgather":
-            return relax.call_dps_packed(PREFIX + op, [x, cid, group], out_ty=call.ty)
-        if op == "scatter_from_worker0":
-            axis = relax.prim_value(int(call.attrs.axis))
-            return relax.call_dps_packed(PREFIX + op, [x, axis, cid, group], out_ty=call.ty)
-        raise PassOrderError(f"unsupported collective relax.ccl.{op}")
+            args = [x, relax.prim_value(code), cid, group, tvm.ir.StringImm(algo)]
+        elif kind == SCATTER:
+            args = [x, relax.prim_value(int(call.attrs.axis)), cid, group]
+        else:  # broadcast from worker 0, all-gather
+            args = [x, cid, group]
+        return relax.call_dps_packed(function_name(op), args, out_ty=call.ty)
 
 
 @tvm.transform.module_pass(opt_level=0, name="LowerCollectivesToNuma")

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from numaplan._io import read_json, write_atomic
-from numaplan.errors import NumaplanError, SchemaVersionError
+from numaplan.errors import PlanFormatError, SchemaVersionError
 from numaplan.plan.schema import SCHEMA_VERSION, Plan, plan_text
 
 PLAN_FILE = "numa-plan.json"
@@ -18,8 +18,6 @@ PLAN_FILE = "numa-plan.json"
 MIGRATIONS: dict[int, Any] = {}
 
 
-class PlanFormatError(NumaplanError):
-    """A plan file is malformed."""
 
 
 def write_plan_file(plan: Plan, path: str | Path) -> Path:

@@ -36,9 +36,8 @@ from numaplan.errors import PlacementError
 from numaplan.model import Workload
 from numaplan.osnuma import bind_range
 from numaplan.plan.schema import Plan
-from numaplan.runtime.shm import mapping_address, open_when_published
+from numaplan.runtime.shm import SHM_DIR, mapping_address, open_when_published
 
-SHM_DIR = Path("/dev/shm")
 PAGE = 4096
 #: Readable bytes kept after the last weight of an arena or a shared segment. Compiled kernels
 #: may load a few elements past the end of a weight in an unrolled loop (and discard them):

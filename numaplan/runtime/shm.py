@@ -1,7 +1,10 @@
 """Helpers shared by the runtime's ``/dev/shm`` files (collective segments, shared weights).
 
-Both follow one protocol: the creator builds the file under a temporary name and publishes it
-with ``link(2)`` once it is complete; the other processes wait for the final name.
+Every file of a session is named ``<namespace>-<what><index>`` (``-node0``, ``-weights3``), the
+namespace being unique per session (:func:`new_namespace`), so that the controller can remove
+them all whatever state the workers are in. Both kinds follow one protocol: the creator builds
+the file under a temporary name and publishes it with ``link(2)`` once it is complete; the other
+processes wait for the final name.
 """
 
 from __future__ import annotations
@@ -9,8 +12,34 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import re
+import secrets
 import time
 from pathlib import Path
+
+SHM_DIR = Path("/dev/shm")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*")
+_NAMESPACE_MAX = 200
+
+
+def new_namespace(prefix: str = "numaplan") -> str:
+    """A fresh namespace: ``<prefix>-<pid>-<random hex>``."""
+    return f"{prefix}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def check_namespace(namespace: str) -> str:
+    """``namespace`` if it can prefix file names in ``/dev/shm``.
+
+    Raises
+    ------
+    ValueError
+        It is empty, too long, or has characters other than letters, digits, ``_``, ``.``
+        and single ``-`` between them (so no path separator).
+    """
+    if not _NAMESPACE.fullmatch(namespace) or len(namespace) > _NAMESPACE_MAX:
+        raise ValueError(f"namespace {namespace!r} must be 1-{_NAMESPACE_MAX} characters of "
+                         f"letters, digits, '_', '.', and single '-' between them")
+    return namespace
 
 
 def mapping_address(mm: mmap.mmap) -> int:

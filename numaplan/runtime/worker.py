@@ -3,24 +3,28 @@ where worker 0 runs as a thread).
 
 The controller drives them through Disco (``sess.get_global_func("numaplan.runtime.*")``):
 
-- ``numaplan.runtime.setup(spec_json) -> info_json``: pin this worker's thread(s) to the plan's
+- ``numaplan.runtime.setup(spec_json)``: pin this worker's thread(s) to the plan's
   CPUs, bind its memory policy to its node, pin TVM's thread pool to the same CPUs
   (``runtime.config_threadpool``; TVM otherwise pins to CPUs 0..n-1 whatever the mask), attach
   the shared-memory collective and register ``numaplan.ccl.*`` for the compiled model;
-- ``numaplan.runtime.load_params(model_dir, names_json) -> [Tensor]``: this worker's own shard,
-  loaded by this worker into node-bound memory (:mod:`numaplan.runtime.loader`), audited;
-- ``numaplan.runtime.generate(vm, params, prompt, max_new, max_seq, want_logits) -> json``:
-  greedy decoding run inside every worker in lockstep (the collectives synchronise them, and the
-  logits after the final all-reduce are identical on every worker, so each takes the same argmax);
-- ``numaplan.runtime.report() -> json``: what was measured (affinity of every thread read back
-  from /proc, memory policy, load audit, collective statistics).
+- ``numaplan.runtime.load_params(model_dir, names_json)``: this worker's own shard, loaded by
+  this worker into node-bound memory (:mod:`numaplan.runtime.loader`), audited, kept for the VM;
+- ``numaplan.runtime.generate(vm, prompt, max_new, max_seq, want_logits)``: greedy decoding run
+  inside every worker in lockstep (the collectives synchronise them, and the logits after the
+  final all-reduce are identical on every worker, so each takes the same argmax);
+- ``numaplan.runtime.report()``: what was measured (affinity of every thread read back from
+  /proc, memory policy, load audit, collective statistics);
+- ``numaplan.runtime.shutdown()``: release the communicator and the weights.
 
-Module state holds one worker per process (a Disco worker process, or the controller for worker
-0).
+Each takes and returns JSON documents of :mod:`numaplan.runtime.protocol` (a
+:class:`~numaplan.runtime.protocol.Reply`). Module state holds one worker per process (a Disco
+worker process, or the controller for worker 0); :func:`abort_collective` is how the controller
+stops worker 0's collective from another thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -32,11 +36,29 @@ import numpy as np
 import tvm
 import tvm_ffi
 
+from numaplan.errors import NumaplanError
 from numaplan.osnuma import apply_mempolicy, get_affinity, get_mempolicy, set_affinity
 from numaplan.osnuma.affinity import current_thread_id, read_thread_affinity
-from numaplan.plan.io import plan_from_dict
 from numaplan.plan.schema import Plan
-from numaplan.runtime.loader import SharedCopies, check_placement, load_worker_params
+from numaplan.runtime.ccl.communicator import Communicator
+from numaplan.runtime.ccl.spec import CommSpec
+from numaplan.runtime.ccl.stats import CommStats
+from numaplan.runtime.ccl.tvm_functions import register_tvm_functions
+from numaplan.runtime.loader import LoadReport, SharedCopies, check_placement, load_worker_params
+from numaplan.runtime.protocol import (
+    GENERATE,
+    LOAD_PARAMS,
+    REPORT,
+    SETUP,
+    SHUTDOWN,
+    GenerationResult,
+    LoadDone,
+    SetupReport,
+    ThreadReport,
+    WorkerReport,
+    WorkerSpec,
+    reporting,
+)
 from numaplan.topology import format_cpulist, parse_cpulist
 
 #: TVM's ThreadGroup affinity mode "kSpecifyOneCorePerThread" (threading_backend.h).
@@ -47,41 +69,17 @@ ONE_CORE_PER_THREAD = -2
 class _State:
     plan: Plan | None = None
     worker_id: int = -1
-    spec: dict[str, Any] = field(default_factory=dict)
-    comm: Any = None
+    spec: WorkerSpec | None = None
+    comm: Communicator | None = None
     arena: Any = None
     params: list[Any] = field(default_factory=list)
-    load_report: Any = None
-    setup_info: dict[str, Any] = field(default_factory=dict)
+    load_report: LoadReport | None = None
+    setup: SetupReport | None = None
     pool_tids: list[int] = field(default_factory=list)
-    placement: list[str] = field(default_factory=list)
 
 
 _STATE = _State()
 _LOCK = threading.Lock()
-
-
-def _reporting(fn):
-    """Run a worker function, returning its result or its error as JSON.
-
-    An exception escaping a Python function on Disco's worker-0 thread reaches C++ and
-    terminates the controller process; in a worker process it kills the worker. So nothing
-    escapes: the controller reads ``{"error": ...}`` and raises there.
-    """
-    import functools
-    import traceback
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any) -> str:
-        try:
-            return json.dumps({"ok": fn(*args)})
-        except Exception as exc:
-            from numaplan.errors import NumaplanError
-
-            kind = "user" if isinstance(exc, NumaplanError) else "internal"
-            return json.dumps({"error": str(exc), "kind": kind, "type": type(exc).__name__,
-                               "trace": traceback.format_exc(limit=6)})
-    return wrapper
 
 
 def _worker_id() -> int:
@@ -96,20 +94,21 @@ def _in_controller() -> bool:
     return _worker_id() == 0
 
 
-@tvm_ffi.register_global_func("numaplan.runtime.setup", override=True)
-@_reporting
-def setup(spec_json: str) -> dict[str, Any]:
-    """Place this worker (see the module docstring); returns what it got, as JSON."""
+@tvm_ffi.register_global_func(SETUP, override=True)
+@reporting
+def setup(spec_json: str) -> SetupReport:
+    """Place this worker (see the module docstring); returns what it got."""
     with _LOCK:
         _release()
-        spec = json.loads(spec_json)
-        plan = plan_from_dict(json.loads(spec["plan"]))
+        spec = WorkerSpec.model_validate_json(spec_json)
+        opts = spec.options
+        plan = spec.plan()
         wid = _worker_id()
         w = plan.workers[wid]
         cpus = parse_cpulist(w.cpus)
         st = _State(plan=plan, worker_id=wid, spec=spec)
         notes: list[str] = []
-        enforce = bool(spec.get("enforce_placement", True))
+        enforce = opts.enforce_placement
         if not enforce:
             notes.append("placement not enforced (plain tensor parallelism)")
         elif wid == 0:
@@ -124,8 +123,7 @@ def setup(spec_json: str) -> dict[str, Any]:
                 except OSError as exc:
                     notes.append(f"thread {tid}: {exc.strerror}")
         if enforce:
-            outcome = apply_mempolicy("bind", [w.mem_node_id],
-                                      allow_fallback=bool(spec.get("allow_fallback")))
+            outcome = apply_mempolicy("bind", [w.mem_node_id], allow_fallback=opts.allow_fallback)
             if outcome.degraded:
                 notes.append(f"memory policy degraded: {'; '.join(outcome.reasons)}")
         before = _task_ids()
@@ -138,63 +136,64 @@ def setup(spec_json: str) -> dict[str, Any]:
                 -3, len(cpus), [str(c) for c in sorted(os.sched_getaffinity(0))])
         st.pool_tids = sorted(_task_ids() - before)
         st.comm = _attach_collective(plan, spec, wid)
-        st.placement = notes
-        st.setup_info = {
-            "worker_id": wid, "pid": os.getpid(), "tid": current_thread_id(),
-            "node_id": w.node_id, "mem_node_id": w.mem_node_id,
-            "cpus_planned": format_cpulist(cpus),
-            "cpus_thread": format_cpulist(get_affinity()),
-            "mempolicy": get_mempolicy().describe(),
-            "pool_threads": len(st.pool_tids) or int(tvm.get_global_func("runtime.NumThreads")()),
-            "notes": notes,
-        }
+        st.setup = SetupReport(
+            worker_id=wid, pid=os.getpid(), tid=current_thread_id(),
+            node_id=w.node_id, mem_node_id=w.mem_node_id,
+            cpus_planned=format_cpulist(cpus), cpus_thread=format_cpulist(get_affinity()),
+            mempolicy=get_mempolicy().describe(),
+            pool_threads=len(st.pool_tids) or int(tvm.get_global_func("runtime.NumThreads")()),
+            notes=tuple(notes))
         _STATE.__dict__.update(st.__dict__)
-        return st.setup_info
+        return st.setup
 
 
-def _attach_collective(plan: Plan, spec: dict[str, Any], rank: int) -> Any:
+def _attach_collective(plan: Plan, spec: WorkerSpec, rank: int) -> Communicator | None:
     """Create this rank's communicator and register ``numaplan.ccl.*`` for the VM (a single
     worker's model has no collective)."""
     if plan.request.tensor_parallel_shards == 1:
         return None
-    from numaplan.runtime.ccl import CommSpec, Communicator
-    from numaplan.runtime.ccl_tvm import register_tvm_functions
-
-    cs = CommSpec.from_plan(plan, spec["namespace"],
-                            timeout_s=float(spec.get("collective_timeout_s", 30.0)))
+    cs = CommSpec.from_plan(plan, spec.namespace, timeout_s=spec.options.collective_timeout_s)
     comm = Communicator.create(cs, rank)
     register_tvm_functions(comm)
     return comm
 
 
-@tvm_ffi.register_global_func("numaplan.runtime.load_params", override=True)
-@_reporting
-def load_params(model_dir: str, names_json: str) -> dict[str, Any]:
+def abort_collective(reason: str) -> None:
+    """Abort this process's collective, if it has one: the peers waiting in a call raise
+    instead of waiting for a worker that will not come. Safe from any thread; idempotent."""
+    comm = _STATE.comm
+    if comm is not None:
+        with contextlib.suppress(Exception):
+            comm.abort(reason)
+
+
+@tvm_ffi.register_global_func(LOAD_PARAMS, override=True)
+@reporting
+def load_params(model_dir: str, names_json: str) -> LoadDone:
     """Load this worker's parameters (packed order) into node-bound memory."""
     from numaplan.model import load_workload
 
     st = _STATE
-    assert st.plan is not None, "numaplan.runtime.setup must run first"
-    delay = float(st.spec.get("inject_delay_s", {}).get("load", 0.0))
+    assert st.plan is not None and st.spec is not None, f"{SETUP} must run first"
+    opts = st.spec.options
+    delay = opts.inject_delay_s.get("load", 0.0)
     if delay:
         time.sleep(delay)  # fault injection (tests): a window to kill a worker mid-load
     names = json.loads(names_json)
     workload = load_workload(model_dir)
-    wrong = st.spec.get("inject_misplacement", {}).get(str(st.worker_id))
     arena, arrays, report = load_worker_params(
         model_dir, workload, st.plan, st.worker_id, names,
-        allow_fallback=bool(st.spec.get("allow_fallback")),
-        bind_override=None if wrong is None else int(wrong),
-        bind=bool(st.spec.get("enforce_placement", True)),
-        shared=SharedCopies(namespace=st.spec["namespace"],
-                            timeout_s=float(st.spec.get("collective_timeout_s", 30.0)))
-        if st.spec.get("share_replicated", True) else None)
-    check_placement(report, strict=bool(st.spec.get("strict_placement")))
+        allow_fallback=opts.allow_fallback,
+        bind_override=opts.inject_misplacement.get(st.worker_id),
+        bind=opts.enforce_placement,
+        shared=SharedCopies(namespace=st.spec.namespace, timeout_s=opts.collective_timeout_s)
+        if opts.share_replicated else None)
+    check_placement(report, strict=opts.strict_placement)
     st.arena, st.load_report = arena, report
     # Zero-copy: the VM reads the memory the workers filled on the planned nodes.
     dtypes = {t.name: t.dtype for t in workload.tensors}
     st.params = vm_tensors(arrays, [dtypes[n] for n in names])
-    return {"pieces": report.pieces, "bytes": report.bytes_loaded}
+    return LoadDone(pieces=report.pieces, bytes=report.bytes_loaded)
 
 
 def vm_tensors(arrays: list[np.ndarray], dtypes: list[str]) -> list[Any]:
@@ -227,10 +226,10 @@ def vm_tensors(arrays: list[np.ndarray], dtypes: list[str]) -> list[Any]:
     return out
 
 
-@tvm_ffi.register_global_func("numaplan.runtime.generate", override=True)
-@_reporting
+@tvm_ffi.register_global_func(GENERATE, override=True)
+@reporting
 def generate(vm: Any, prompt: Any, max_new: int, max_seq: int, want_logits: int
-             ) -> dict[str, Any]:
+             ) -> GenerationResult:
     """Greedy decoding, run in lockstep by every worker; tokens and timings."""
     params = _STATE.params
     ids = np.asarray([int(x) for x in prompt], dtype=np.int32)
@@ -264,15 +263,14 @@ def generate(vm: Any, prompt: Any, max_new: int, max_seq: int, want_logits: int
         pos += 1
         steps.append(time.perf_counter() - t1)
     del keep
-    out: dict[str, Any] = {"tokens": tokens, "prefill_s": prefill_s, "step_s": steps}
-    if comm is not None:
-        out["collective"] = _stats_delta(c0, comm.stats())
-    if want_logits:
-        out["logits"] = kept
-    return out
+    return GenerationResult(
+        prompt_ids=tuple(int(i) for i in ids), tokens=tuple(tokens), prefill_s=prefill_s,
+        step_s=tuple(steps), logits=tuple(tuple(row) for row in kept),
+        collective=_stats_delta(c0, comm.stats()) if comm is not None and c0 is not None
+        else {})
 
 
-def _stats_delta(a: Any, b: Any) -> dict[str, Any]:
+def _stats_delta(a: CommStats, b: CommStats) -> dict[str, float]:
     """Collective statistics of one generate call (difference of two snapshots)."""
     da, db = a.model_dump(), b.model_dump()
     out = {}
@@ -282,33 +280,28 @@ def _stats_delta(a: Any, b: Any) -> dict[str, Any]:
     return out
 
 
-@tvm_ffi.register_global_func("numaplan.runtime.report", override=True)
-@_reporting
-def report() -> dict[str, Any]:
+@tvm_ffi.register_global_func(REPORT, override=True)
+@reporting
+def report() -> WorkerReport:
     """What this worker measured about itself."""
     st = _STATE
-    if st.plan is None:
-        return {}
-    tids = [st.setup_info.get("tid"), *st.pool_tids] if _in_controller() else \
-        sorted(_task_ids())
+    if st.setup is None:
+        raise NumaplanError(f"{REPORT}: the worker is not set up")
+    tids = [st.setup.tid, *st.pool_tids] if _in_controller() else sorted(_task_ids())
     threads = []
     for tid in tids:
         try:
             a = read_thread_affinity(tid=tid)
-            threads.append({"tid": tid, "name": a.name, "cpus": format_cpulist(a.cpus_allowed)})
+            threads.append(ThreadReport(tid=tid, name=a.name,
+                                        cpus=format_cpulist(a.cpus_allowed)))
         except Exception as exc:  # a thread can exit between listing and reading
-            threads.append({"tid": tid, "error": str(exc)})
-    out: dict[str, Any] = {"setup": st.setup_info, "threads": threads}
-    if st.load_report is not None:
-        out["load"] = st.load_report.model_dump()
-        out["load"]["on_planned_fraction"] = st.load_report.on_planned_fraction
-    if st.comm is not None:
-        out["collective"] = st.comm.stats().model_dump()
-    return out
+            threads.append(ThreadReport(tid=tid, error=str(exc)))
+    return WorkerReport(setup=st.setup, threads=tuple(threads), load=st.load_report,
+                        collective=st.comm.stats() if st.comm is not None else None)
 
 
-@tvm_ffi.register_global_func("numaplan.runtime.shutdown", override=True)
-@_reporting
+@tvm_ffi.register_global_func(SHUTDOWN, override=True)
+@reporting
 def shutdown() -> int:
     """Release this worker's communicator and weights (the controller unlinks shared memory)."""
     with _LOCK:

@@ -68,5 +68,25 @@ def test_dir_without_relax_module_gets_plan_only(tmp_path, capsys, two_nodes):
     assert main(["compile", str(d), "--quantization", "q0f16", "--topology", str(two_nodes),
                  "--tp", "2", "-o", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
-    assert "library: not built" in out and "numaplan-model.json" in out
+    assert "library: not built" in out and "mlc-chat-config.json" in out
+    assert (tmp_path / "o" / "numa-plan.json").exists()
+
+
+def test_unsupported_model_type_gets_plan_and_the_supported_list(tmp_path, capsys, two_nodes):
+    import json
+
+    from numaplan.model.random_model import chat_config, write_random_model
+
+    d = tmp_path / "m"
+    doc = chat_config("llama", "q0f16", hidden_size=64, intermediate_size=128,
+                      num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=1,
+                      vocab_size=64)
+    write_random_model(d, doc)
+    doc["model_type"] = "gpt_neox"  # planned by its tensor names, but numaplan cannot build it
+    (d / "mlc-chat-config.json").write_text(json.dumps(doc))
+    assert main(["compile", str(d), "--topology", str(two_nodes), "--tp", "2",
+                 "-o", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "no model definition for model_type 'gpt_neox'" in out
+    assert "llama, mistral, qwen2, phi3" in out
     assert (tmp_path / "o" / "numa-plan.json").exists()

@@ -116,3 +116,33 @@ def test_refuses_after_legalize(plan):
     assert "runtime.disco.allreduce" in legalized.script()
     with pytest.raises(PassOrderError, match="must run before LegalizeOps"):
         LowerCollectivesToNuma(plan)(legalized)
+
+
+def _with_choices(plan, choices):
+    """``plan`` with another collective table (sizes and algorithms)."""
+    table = tuple(plan.collectives.choices[0].model_copy(
+        update={"message_bytes": m, "algorithm": a}) for m, a in choices)
+    return plan.model_copy(update={"collectives": plan.collectives.model_copy(
+        update={"choices": table})})
+
+
+@pytest.mark.parametrize("choices", [
+    None,  # the golden plan's own table
+    [(16 << 10, "one_shot"), (8 << 20, "two_shot")],  # the issue's example
+    [(1024, "one_shot"), (4096, "two_shot"), (1 << 20, "one_shot"), (64 << 20, "two_shot")],
+    [(4096, "hierarchical"), (1 << 20, "hierarchical")],
+])
+def test_compiled_and_runtime_choices_agree_for_every_size(plan, choices):
+    from numaplan.passes.lower_collectives import algorithm_for
+    from numaplan.runtime.ccl import CommSpec
+
+    if choices is not None:
+        plan = _with_choices(plan, choices)
+    spec = CommSpec.from_plan(plan, "agree-1")
+    sizes = sorted({1, 2, 3, *(int(1.25 ** k) for k in range(1, 120)),
+                    *(c.message_bytes + d for c in plan.collectives.choices for d in (-1, 0, 1))})
+    for n in sizes:
+        assert algorithm_for(plan, n) == spec.algorithm_for(n), n
+    assert algorithm_for(plan, None) == "by_size"
+    if choices is not None and choices[0][0] == 16 << 10:
+        assert algorithm_for(plan, 2 << 20) == "two_shot"

@@ -296,7 +296,7 @@ def guests(request, qemu_model, tmp_path_factory):
     # The collective's C kernel, built here in a second instead of in every guest (a minute of
     # emulated gcc): the portable build, whose cache key the guests' CPU does not change; the
     # guests see this cache through their read-only view of the host's file system.
-    from numaplan.runtime.ccl_native import compile_library
+    from numaplan.runtime.ccl.kernel import compile_library
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NUMAPLAN_CCL_PORTABLE", "1")  # the guests get it with --env

@@ -296,7 +296,7 @@ def cmd_all(args: argparse.Namespace) -> int:
     def prepare() -> dict[str, Any]:
         # Build the collective's C kernel once now: with a cold cache every worker of the
         # first session compiles it at the same time (~30 s each under TCG).
-        from numaplan.runtime.ccl_native import compile_library
+        from numaplan.runtime.ccl.kernel import compile_library
 
         return {"ccl_library": str(compile_library())}
 

@@ -24,24 +24,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numaplan.runtime import ccl_shm
-from numaplan.runtime.ccl import (
+from numaplan.ccl_abi import (
+    ALGORITHMS,
+    DTYPE_CODES,
+    FUNCTION_NAMES,
     OP_AVG,
     OP_MAX,
     OP_MIN,
     OP_PROD,
     OP_SUM,
+    REDUCE_OPS,
     AlgorithmRule,
-    CollectiveError,
-    CommSpec,
-    Communicator,
-    algorithms_from_choices,
-    cleanup,
-    default_algorithms,
-    new_namespace,
 )
+from numaplan.errors import CollectiveError
+from numaplan.runtime.ccl import CommSpec, Communicator, cleanup, new_namespace, segments
 
-ALGOS = ("one_shot", "two_shot", "hierarchical")
+ALGOS = ALGORITHMS
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 
@@ -54,6 +52,9 @@ def f32_to_bf16(f: np.ndarray) -> np.ndarray:
 
 def bf16_to_f32(u: np.ndarray) -> np.ndarray:
     return (u.astype(np.uint32) << 16).view(np.float32)
+
+
+INTS = ("int32", "int64")
 
 
 def gen(seed: int, rank: int, count: int, dtype: str) -> np.ndarray:
@@ -69,7 +70,7 @@ def gen(seed: int, rank: int, count: int, dtype: str) -> np.ndarray:
 def _load(x: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
         return bf16_to_f32(x)
-    return x.astype(np.int64 if dtype == "int32" else np.float64 if dtype == "float64"
+    return x.astype(np.int64 if dtype in INTS else np.float64 if dtype == "float64"
                     else np.float32)
 
 
@@ -88,8 +89,8 @@ def reduce_ref(xs: list[np.ndarray], dtype: str, op: int, final: bool, world: in
         acc = {OP_SUM: np.add, OP_AVG: np.add, OP_PROD: np.multiply, OP_MIN: np.minimum,
                OP_MAX: np.maximum}[op](acc, v)
     if final and op == OP_AVG:
-        if dtype == "int32":
-            acc = np.sign(acc) * (np.abs(acc) // world)
+        if dtype in INTS:
+            acc = np.sign(acc) * (np.abs(acc) // world)  # C's division truncates toward zero
         else:
             acc = acc / acc.dtype.type(world)
     return _store(acc, dtype)
@@ -230,7 +231,7 @@ def job_tvm(spec_json: str, rank: int, lib_path: str) -> dict:
     import tvm
     from tvm import relax
 
-    from numaplan.runtime.ccl_tvm import register_tvm_functions
+    from numaplan.runtime.ccl.tvm_functions import register_tvm_functions
 
     spec = CommSpec.model_validate_json(spec_json)
     W = spec.world_size
@@ -371,28 +372,17 @@ def test_allreduce_in_chunks_larger_than_the_slot(pool):
     _check_matrix(pool.run(job_matrix, spec, cases))
 
 
-def test_numpy_fallback_matches_reference(pool):
-    spec = make_spec(2, kernel="numpy")
-    cases = _matrix_cases((1, 17, 4099, 65543), ("float32", "float16", "int32", "bfloat16"),
-                          (5,))
-    res = pool.run(job_matrix, spec, cases)
-    _check_matrix(res)
-    assert res[0]["stats"]["kernel"] == "numpy"
-
-
-def test_numpy_fallback_hierarchical_two_nodes(pool):
-    spec = make_spec(4, (0, 0, 1, 1), kernel="numpy")
-    cases = [c for c in _matrix_cases((3, 4099), ("float16", "int32"), (5,))]
+def test_uneven_nodes_hierarchical(pool):
+    spec = make_spec(3, (0, 1, 1))  # a node of one rank (its leader alone) and one of two
+    cases = _matrix_cases((3, 4099), ("float16", "int32"), (5,))
     _check_matrix(pool.run(job_matrix, spec, cases))
 
 
-@pytest.mark.parametrize("W,nodes,kernel", [(2, None, "c"), (4, None, "c"),
-                                            (4, (0, 0, 1, 1), "c"), (3, (0, 1, 1), "numpy")])
-def test_many_calls_with_skew(pool, W, nodes, kernel):
+@pytest.mark.parametrize("W,nodes", [(2, None), (4, None), (4, (0, 0, 1, 1)), (3, (0, 1, 1))])
+def test_many_calls_with_skew(pool, W, nodes):
     # slot of 16 KiB: the largest messages (80 KiB) also go in chunks
-    spec = make_spec(W, nodes, kernel=kernel, slot_bytes=16 << 10)
-    n = 150 if kernel == "numpy" else 300
-    results = pool.run(job_mixed, spec, n, 7 + W, 0.002)
+    spec = make_spec(W, nodes, slot_bytes=16 << 10)
+    results = pool.run(job_mixed, spec, 300, 7 + W, 0.002)
     for r, res in enumerate(results):
         assert not res["bad"], f"rank {r}: {res['bad'][:5]}"
 
@@ -403,16 +393,14 @@ def test_broadcast_allgather_scatter(pool, W, nodes):
         assert not res["bad"], f"rank {r}: {res['bad']}"
 
 
-def test_local_reduction_kernel_equals_numpy():
+def test_local_reduction_kernel_equals_the_reference():
     import ctypes
 
-    from numaplan.runtime.ccl_native import load_library
-    from numaplan.runtime.ccl_numpy import np_reduce
+    from numaplan.runtime.ccl.kernel import load_library
 
     lib = load_library()
-    codes = {"float32": 0, "float16": 1, "bfloat16": 2, "int32": 3, "float64": 4, "int64": 5}
-    for dtype, code in codes.items():
-        for op in range(5):
+    for dtype, code in DTYPE_CODES.items():
+        for op in range(len(REDUCE_OPS)):
             for count in (1, 7, 8, 9, 1000):
                 for nsrc in (1, 2, 5):
                     gd = "float32" if dtype in ("float64",) else \
@@ -423,8 +411,7 @@ def test_local_reduction_kernel_equals_numpy():
                     got = np.zeros_like(srcs[0])
                     ptrs = (ctypes.c_void_p * nsrc)(*[s.ctypes.data for s in srcs])
                     assert lib.reduce(got.ctypes.data, ptrs, nsrc, count, code, op, 1, 3) == 0
-                    want = np.zeros_like(srcs[0])
-                    np_reduce(want, srcs, code, op, True, 3)
+                    want = reduce_ref(srcs, dtype, op, True, 3)
                     assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), \
                         (dtype, op, count, nsrc)
 
@@ -466,7 +453,7 @@ def test_timeout_names_the_missing_rank():
         with pytest.raises(CollectiveError, match="broken") as ei2:
             comm.allreduce(np.ones(16, np.float32))
         assert ei2.value.peer == 1
-    assert ccl_shm.segment_paths(spec.namespace) == []
+    assert segments.segment_paths(spec.namespace) == []
 
 
 def test_killed_peer_is_reported_and_cleanup_removes_everything():
@@ -485,13 +472,13 @@ def test_killed_peer_is_reported_and_cleanup_removes_everything():
         assert time.monotonic() - t0 < 5.0, "a dead peer must not wait for the timeout"
         assert ei.value.reason == "dead" and ei.value.peer == 1
         assert "died" in str(ei.value)
-        paths = ccl_shm.segment_paths(spec.namespace)
+        paths = segments.segment_paths(spec.namespace)
         assert {p.name for p in paths} == {f"{spec.namespace}-node0", f"{spec.namespace}-node1"}
         removed = cleanup(spec.namespace)
         assert len(removed) == 2
-        assert ccl_shm.segment_paths(spec.namespace) == []
+        assert segments.segment_paths(spec.namespace) == []
         comm.close()
-        assert ccl_shm.segment_paths(spec.namespace) == []
+        assert segments.segment_paths(spec.namespace) == []
     finally:
         proc.kill()
         proc.join(5)
@@ -583,13 +570,14 @@ def test_usage_errors():
         Communicator.create(spec, 1)
 
 
-def test_without_a_compiler_the_numpy_kernel_is_used(monkeypatch):
+def test_without_a_compiler_create_says_so_in_one_line(monkeypatch):
+    """The C kernel is the only engine: no compiler, no communicator, and a one-line reason."""
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    with Communicator.create(make_spec(1), 0) as comm:
-        assert comm.kernel == "numpy" and "compiler" in comm.kernel_note
-        assert (comm.allreduce(np.arange(5, dtype=np.float32)) == np.arange(5)).all()
-    with pytest.raises(CollectiveError, match="compiler"):
-        Communicator.create(make_spec(1, kernel="c"), 0)
+    spec = make_spec(1)
+    with pytest.raises(CollectiveError, match="no C compiler found") as ei:
+        Communicator.create(spec, 0)
+    assert "\n" not in str(ei.value) and ei.value.reason == "setup"
+    assert segments.segment_paths(spec.namespace) == []
 
 
 # -- segments -------------------------------------------------------------------------------------
@@ -615,7 +603,7 @@ def test_segments_are_private_homed_and_unlinked():
         assert set(now) == {0, 1} and all(a.on_target_fraction == 1.0 for a in now.values())
         assert placement.achieved is not None and placement.achieved.mode == "bind"
         assert not placement.degraded, r
-    assert ccl_shm.segment_paths(spec.namespace) == []
+    assert segments.segment_paths(spec.namespace) == []
 
 
 def test_segment_names_are_exclusive():
@@ -624,8 +612,8 @@ def test_segment_names_are_exclusive():
         assert len(comm.segment_paths) == 1
         with pytest.raises(CollectiveError, match="exists already"):
             Communicator.create(spec, 0)
-        assert ccl_shm.segment_paths(spec.namespace) != []  # the failed attempt removed nothing
-    assert ccl_shm.segment_paths(spec.namespace) == []
+        assert segments.segment_paths(spec.namespace) != []  # the failed attempt removed nothing
+    assert segments.segment_paths(spec.namespace) == []
     assert not list(Path("/dev/shm").glob(f"{spec.namespace}*"))
 
 
@@ -633,7 +621,7 @@ def test_missing_creator_times_out_on_connect():
     spec = make_spec(2, (0, 1), connect_timeout_s=0.3)
     with pytest.raises(CollectiveError, match="rank 1 did not create"):
         Communicator.create(spec, 0)
-    assert ccl_shm.segment_paths(spec.namespace) == []
+    assert segments.segment_paths(spec.namespace) == []
 
 
 def test_atexit_unlinks_segments_of_a_process_that_forgot_close(tmp_path):
@@ -647,7 +635,7 @@ def test_atexit_unlinks_segments_of_a_process_that_forgot_close(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "True"
-    assert ccl_shm.segment_paths(ns) == []
+    assert segments.segment_paths(ns) == []
 
 
 # -- spec -----------------------------------------------------------------------------------------
@@ -689,19 +677,6 @@ def test_spec_from_plan():
     assert spec.slot_bytes % 4096 == 0 and 64 << 10 <= spec.slot_bytes <= 4 << 20
 
 
-def test_algorithm_table_from_choices():
-    class C:
-        def __init__(self, m, a):
-            self.message_bytes, self.algorithm = m, a
-
-    rules = algorithms_from_choices([C(16384, "one_shot"), C(8 << 20, "two_shot")], (0, 0))
-    assert [(r.below_bytes, r.algorithm) for r in rules] == [(1 << 20, "one_shot"),
-                                                             (None, "two_shot")]
-    rules = algorithms_from_choices([C(1024, "one_shot"), C(4096, "two_shot")], (0, 0))
-    assert rules[0].below_bytes == 2048
-    assert algorithms_from_choices([C(64, "none")], (0,)) == default_algorithms((0,))
-
-
 def test_collective_module_does_not_import_tvm():
     import subprocess
     import sys
@@ -735,15 +710,12 @@ def test_tvm_functions_write_the_vm_output_in_place():
     import tvm
     from tvm import relax
 
-    from numaplan.runtime.ccl_tvm import as_numpy, register_tvm_functions
+    from numaplan.runtime.ccl.tvm_functions import as_numpy, register_tvm_functions
 
     ex = tvm.compile(_relax_module(), target="llvm")
     spec = make_spec(1)
     with Communicator.create(spec, 0) as comm:
-        names = register_tvm_functions(comm)
-        assert set(names) == {f"numaplan.ccl.{n}" for n in
-                              ("allreduce", "broadcast_from_worker0", "allgather",
-                               "scatter_from_worker0")}
+        assert register_tvm_functions(comm) == FUNCTION_NAMES
         vm = relax.VirtualMachine(ex, tvm.cpu())
         x = np.arange(32, dtype=np.float16).reshape(4, 8)
         assert np.array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), x)
@@ -795,19 +767,19 @@ def test_portable_build_is_keyed_without_the_cpu(monkeypatch, tmp_path):
     (a host can build it for its QEMU guests); the -march=native key does not."""
     from numaplan import _cbuild
     from numaplan._cbuild import find_compiler
-    from numaplan.runtime import ccl_native
+    from numaplan.runtime.ccl import kernel
 
     cc = find_compiler()
     if cc is None:
         pytest.skip("no C compiler")
-    native, portable = ccl_native.FLAG_CHOICES
+    native, portable = kernel.FLAG_CHOICES
     keys = {}
     for cpu in ("fpu sse2 avx2", "fpu sse2"):
         monkeypatch.setattr(_cbuild, "cpu_flags", lambda cpu=cpu: cpu)
-        keys[cpu] = (ccl_native.library_path(cc, native, tmp_path),
-                     ccl_native.library_path(cc, portable, tmp_path))
+        keys[cpu] = (kernel.library_path(cc, native, tmp_path),
+                     kernel.library_path(cc, portable, tmp_path))
     (n1, p1), (n2, p2) = keys.values()
     assert n1 != n2 and p1 == p2
     monkeypatch.setenv("NUMAPLAN_CCL_PORTABLE", "1")
-    assert ccl_native.compile_library(cache=tmp_path) == p1 and p1.is_file()
+    assert kernel.compile_library(cache=tmp_path) == p1 and p1.is_file()
     assert not n1.exists() and not n2.exists()

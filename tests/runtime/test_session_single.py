@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from numaplan.errors import PlacementError
-from numaplan.runtime.session import NumaRuntime, RunOptions, StalePlanError
+from numaplan.errors import PlacementError, StalePlanError
+from numaplan.runtime.session import NumaRuntime, RunOptions
 
 pytestmark = pytest.mark.tvm
 

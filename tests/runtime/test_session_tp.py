@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numaplan.runtime.session import NumaRuntime, RunOptions, WorkerDiedError
+from numaplan.errors import WorkerDiedError
+from numaplan.runtime.session import NumaRuntime, RunOptions
 
 pytestmark = pytest.mark.tvm
 
@@ -80,10 +81,10 @@ def _shm_of(rt):
 def _kill_later(rt, wid, after_s, done):
     def run():
         deadline = time.monotonic() + 30
-        while not rt._pids and time.monotonic() < deadline:
+        while not rt.worker_pids and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(after_s)
-        os.kill(rt._pids[wid], signal.SIGKILL)
+        os.kill(rt.worker_pids[wid], signal.SIGKILL)
         done.append(time.monotonic())
     threading.Thread(target=run, daemon=True).start()
 
@@ -100,7 +101,7 @@ def test_worker_killed_during_load(model_dirs, libraries):
     assert "shared memory removed" in str(exc.value)
     assert not _shm_of(rt)
     assert not any(Path(f"/proc/{p}").exists() and _state(p) not in ("Z", "X")
-                   for p in rt._pids.values())
+                   for p in rt.worker_pids.values())
 
 
 def test_worker_killed_during_decode(model_dirs, libraries):
@@ -113,7 +114,7 @@ def test_worker_killed_during_decode(model_dirs, libraries):
     assert time.monotonic() - killed[0] < 10
     rt.close()
     assert not _shm_of(rt)
-    assert not any(_state(p) not in ("Z", "X", None) for p in rt._pids.values())
+    assert not any(_state(p) not in ("Z", "X", None) for p in rt.worker_pids.values())
 
 
 def _state(pid: int) -> str | None:

@@ -1,11 +1,13 @@
-"""The collective's C kernel (``ccl_kernels.c``): build at first use, bind through ctypes.
+"""The collective's C kernel (``kernel.c`` beside this file): build at first use, bind with ctypes.
 
-Built and cached by :mod:`numaplan._cbuild`, like the measurement kernels: the first choice of
-flags is ``-O3 -march=native`` (the library is built on, and for, the machine that runs it, and
-its cache key includes the CPU's feature flags); when that is refused the portable ``-O2`` build
-is used; ``NUMAPLAN_CCL_PORTABLE=1`` asks for it directly (its cache key leaves the CPU's flags
-out, so one build serves machines of one architecture, e.g. a host and the QEMU guests it
-prepares).
+The kernel is the collective's only engine. It is built and cached by :mod:`numaplan._cbuild`,
+like the measurement kernels: the first choice of flags is ``-O3 -march=native`` (the library is
+built on, and for, the machine that runs it, and its cache key includes the CPU's feature
+flags); when that is refused the portable ``-O2`` build is used; ``NUMAPLAN_CCL_PORTABLE=1``
+asks for it directly (its cache key leaves the CPU's flags out, so one build serves machines of
+one architecture, e.g. a host and the QEMU guests it prepares). Building a model library needs
+a C compiler already, so the runtime needs nothing new; without one,
+:class:`~numaplan.errors.CBuildError` says so in one line.
 
 ctypes releases the GIL for the duration of every foreign call: a rank waiting for its peers
 inside the C code does not hold up the other Python threads of its process.
@@ -14,38 +16,26 @@ inside the C code does not hold up the other Python threads of its process.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import threading
 from pathlib import Path
 
 from numaplan import _cbuild
-from numaplan._cbuild import compile_cached, find_compiler
-from numaplan.errors import NumaplanError
+from numaplan._cbuild import NO_COMPILER, compile_cached, find_compiler
+from numaplan.ccl_abi import MAX_NODES, MAX_RANKS
+from numaplan.errors import CBuildError
 
-log = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).with_name("ccl_kernels.c")
+SOURCE = Path(__file__).with_name("kernel.c")
 FLAG_CHOICES: tuple[tuple[str, ...], ...] = (
     ("-O3", "-march=native", "-shared", "-fPIC"),
     ("-O2", "-shared", "-fPIC"),
 )
-MAX_RANKS = 256
-MAX_NODES = 64
-
-# Return codes of the C functions (CCL_ERR_* in ccl_kernels.c).
-OK, ERR_TIMEOUT, ERR_DEAD, ERR_ABORTED, ERR_MISMATCH, ERR_ARG = range(6)
-
-
-class CclBuildError(NumaplanError):
-    """The collective's C kernel was requested but cannot be built or loaded."""
-
 
 _i32, _u64, _i64, _vp = ctypes.c_int32, ctypes.c_uint64, ctypes.c_int64, ctypes.c_void_p
 
 
 class Ctx(ctypes.Structure):
-    """Mirror of ``ccl_ctx`` in ``ccl_kernels.c`` (same fields, same order)."""
+    """Mirror of ``ccl_ctx`` in ``kernel.c`` (same fields, same order)."""
 
     _fields_ = [
         ("world", _i32), ("rank", _i32), ("n_nodes", _i32), ("my_node", _i32),
@@ -77,37 +67,30 @@ class Ctx(ctypes.Structure):
     ]
 
 
-def pid_namespace() -> int:
-    """Inode of this process's pid namespace (0 when unknown): liveness checks compare it."""
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return 0
+class KernelLibrary:
+    """The loaded kernel: the packed-argument collectives, the local reduction, two atomics.
 
-
-class CclLibrary:
-    """The loaded C kernel: ``allreduce``, ``bcast``, ``allgather``, ``reduce`` and atomics."""
+    Attributes
+    ----------
+    allreduce_a, bcast_a, allgather_a
+        ``f(pointer(ctx)) -> int``: one collective call (one chunk) with its arguments packed
+        into ``ctx.args`` (see :class:`~numaplan.runtime.ccl.engine.Engine`).
+    reduce
+        ``ccl_reduce(dst, srcs, nsrc, count, dtype, op, final, world) -> int``: the local
+        reduction every algorithm runs (tests compare it with a numpy oracle).
+    load_acquire, store_release
+        64-bit atomic load / store on shared memory (the abort word).
+    """
 
     def __init__(self, path: Path) -> None:
         lib = ctypes.CDLL(str(path))  # CDLL (not PyDLL): calls release the GIL
         self.path = path
         lib.ccl_ctx_size.restype = _u64
         if lib.ccl_ctx_size() != ctypes.sizeof(Ctx):
-            raise CclBuildError(f"{path}: ccl_ctx is {lib.ccl_ctx_size()} bytes in C but "
-                                f"{ctypes.sizeof(Ctx)} in Python; rebuild")
-        p = ctypes.POINTER(Ctx)
+            raise CBuildError(f"{path}: ccl_ctx is {lib.ccl_ctx_size()} bytes in C but "
+                              f"{ctypes.sizeof(Ctx)} in Python; rebuild")
         ci = ctypes.c_int
-        self.allreduce = lib.ccl_allreduce
-        self.allreduce.argtypes = [p, _vp, _vp, _u64, ci, ci, ci, _u64, _u64]
-        self.allreduce.restype = ci
-        self.bcast = lib.ccl_bcast
-        self.bcast.argtypes = [p, _vp, _u64, _vp, _u64, _u64, _u64, _u64]
-        self.bcast.restype = ci
-        self.allgather = lib.ccl_allgather
-        self.allgather.argtypes = [p, _vp, _u64, _vp, _u64, _u64, _u64]
-        self.allgather.restype = ci
-        # packed-argument entry points: f(pointer(ctx)) with ctx.args filled by pack_into;
-        # no argtypes on purpose (the ctypes pointer object is passed as is: cheapest call)
+        # No argtypes on purpose: the ctypes pointer object is passed as is (the cheapest call).
         for name in ("allreduce_a", "bcast_a", "allgather_a"):
             f = getattr(lib, "ccl_" + name)
             f.restype = ci
@@ -119,8 +102,6 @@ class CclLibrary:
         self.load_acquire.argtypes, self.load_acquire.restype = [_vp], _u64
         self.store_release = lib.ccl_store_release
         self.store_release.argtypes, self.store_release.restype = [_vp, _u64], None
-        self.process_dead = lib.ccl_process_dead
-        self.process_dead.argtypes, self.process_dead.restype = [_i32], ci
 
 
 def library_path(cc: list[str], flags: tuple[str, ...], cache: Path | None = None) -> Path:
@@ -129,38 +110,38 @@ def library_path(cc: list[str], flags: tuple[str, ...], cache: Path | None = Non
 
 
 def compile_library(cc: list[str] | None = None, cache: Path | None = None) -> Path:
-    """Build ``ccl_kernels.c`` (or reuse the cached build) and return the library path.
+    """Build ``kernel.c`` (or reuse the cached build) and return the library path.
 
     Raises
     ------
-    CclBuildError
+    CBuildError
         No compiler, or every flag set failed.
     """
     cc = cc or find_compiler()
     if not cc:
-        raise CclBuildError("no C compiler found (set CC or install gcc)")
+        raise CBuildError(f"{NO_COMPILER}: numaplan's collective is C, built at first use")
     choices = FLAG_CHOICES[-1:] if os.environ.get("NUMAPLAN_CCL_PORTABLE") == "1" \
         else FLAG_CHOICES
-    return compile_cached(SOURCE, "ccl", choices, cc=cc, cache=cache, error=CclBuildError)
+    return compile_cached(SOURCE, "ccl", choices, cc=cc, cache=cache)
 
 
-_loaded: dict[Path, CclLibrary] = {}
+_loaded: dict[Path, KernelLibrary] = {}
 _load_lock = threading.Lock()
 
 
-def load_library() -> CclLibrary:
+def load_library() -> KernelLibrary:
     """The compiled kernel, built at first use and loaded once per process.
 
     Raises
     ------
-    CclBuildError
+    CBuildError
         When it cannot be built or loaded.
     """
     path = compile_library()
     with _load_lock:
         if path not in _loaded:
             try:
-                _loaded[path] = CclLibrary(path)
+                _loaded[path] = KernelLibrary(path)
             except OSError as exc:
-                raise CclBuildError(f"cannot load {path}: {exc}") from None
+                raise CBuildError(f"cannot load {path}: {exc}") from None
         return _loaded[path]

@@ -1,15 +1,15 @@
 /*
- * numaplan CPU collective: the hot path of numaplan.runtime.ccl in C.
+ * numaplan CPU collective: the engine of numaplan.runtime.ccl, in C (its only engine).
  *
- * Compiled at first use with the system C compiler (see ccl_native.py) and called through
+ * Compiled at first use with the system C compiler (see kernel.py) and called through
  * ctypes, which releases the GIL for the whole call: a rank that waits for its peers does not
  * block the other Python threads of its process (rank 0 lives in the Disco controller).
  *
  * One call = one collective on one chunk (at most one slot).  Python fills a ccl_ctx once per
  * communicator with the addresses of every rank's control lines and data slots in the
- * shared-memory segments (one segment per NUMA node, see ccl_shm.py for the layout).
+ * shared-memory segments (one segment per NUMA node, see segments.py for the layout).
  *
- * Synchronisation (the argument is written out in ccl.py, "Memory ordering"):
+ * Synchronisation (the argument is written out in __init__.py, "Memory ordering"):
  *   - every call carries a sequence number s (1, 2, ...), the same on every rank;
  *   - a publisher writes its data into slot[s & 1], the call descriptor into line[1 + (s & 1)]
  *     and then the sequence word line[0] = s with a release store;
@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The codes and limits of numaplan/ccl_abi.py (the collective's ABI): keep them equal. */
 #define CCL_MAX_RANKS 256
 #define CCL_MAX_NODES 64
 
@@ -52,7 +53,7 @@ enum {
     CCL_ERR_ARG = 5
 };
 
-/* Must match _Ctx in ccl_native.py field by field. */
+/* Must match Ctx in kernel.py field by field. */
 typedef struct {
     int32_t world, rank, n_nodes, my_node, leader, is_leader, n_members, align_elems_unused;
     int32_t members[CCL_MAX_RANKS];     /* ranks of my node other than its leader, sorted */

@@ -38,15 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
-from numaplan.errors import NumaplanError, PlacementError
+from numaplan.errors import PlacementError, SegmentError
 from numaplan.osnuma.audit import PageAudit, audit_range
 from numaplan.osnuma.mempolicy import PlacementOutcome, bind_range
 from numaplan.osnuma.system import PAGE_SIZE
-from numaplan.runtime.shm import mapping_address, open_when_published
+from numaplan.runtime.shm import SHM_DIR, mapping_address, open_when_published
 
 log = logging.getLogger(__name__)
 
-SHM_DIR = Path("/dev/shm")
 MAGIC = 0x314C4343414D554E  # b"NUMACCL1" little-endian
 LAYOUT_VERSION = 1
 HEADER_BYTES = 4096
@@ -158,10 +157,6 @@ def layout_hash(namespace: str, node_of_rank: tuple[int, ...], slot_stride: int)
     """A 63-bit digest of what the layout depends on."""
     text = f"{LAYOUT_VERSION}|{namespace}|{','.join(map(str, node_of_rank))}|{slot_stride}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-
-
-class SegmentError(NumaplanError):
-    """A shared-memory segment cannot be created, found or used."""
 
 
 class Segment:
