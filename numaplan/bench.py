@@ -34,6 +34,7 @@ import numpy as np
 
 from numaplan._io import atomic_file, write_atomic
 from numaplan._version import __version__
+from numaplan.ccl_abi import ALGORITHMS
 
 #: The checkout numaplan runs from, if any: its commit is recorded with the results.
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ class NUMATensorParallelBenchmark:
         self.iters = int(get("iters", 2000))
 
     def run_allreduce_benchmark(self, sizes: Sequence[int] = DEFAULT_SIZES,
-                                algorithms: Sequence[str] = ("one_shot", "two_shot")
+                                algorithms: Sequence[str] = ALGORITHMS[:2]
                                 ) -> dict[str, Any]:
         """All-reduce latency (us) of W pinned ranks for each size (elements) and algorithm."""
         from numaplan.runtime.ccl import cleanup, new_namespace

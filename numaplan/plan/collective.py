@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from numaplan.ccl_abi import ALGORITHMS, HIERARCHICAL, ONE_SHOT, TWO_SHOT
 from numaplan.plan.problem import PlacementProblem
 
 
@@ -48,8 +49,8 @@ def single_node_costs(p: PlacementProblem, n: int, k: int, m: int) -> dict[str, 
         return {"none": 0.0}
     lat, bw = _intra(p, n)
     a = p.collective_alpha_s
-    return {"one_shot": a + 2 * lat + k * (k - 1) * m / bw,
-            "two_shot": 2 * a + 4 * lat + 2 * (k - 1) * m / bw}
+    return {ALGORITHMS[ONE_SHOT]: a + 2 * lat + k * (k - 1) * m / bw,
+            ALGORITHMS[TWO_SHOT]: 2 * a + 4 * lat + 2 * (k - 1) * m / bw}
 
 
 def hierarchical_cost(p: PlacementProblem, counts: Mapping[int, int], m: int) -> float:
@@ -74,7 +75,7 @@ def allreduce_choice(p: PlacementProblem, counts: Mapping[int, int], m: int) -> 
         costs = single_node_costs(p, active[0], counts[active[0]], m)
         algo = min(costs, key=lambda k: (costs[k], k))
         return algo, costs[algo]
-    return "hierarchical", hierarchical_cost(p, counts, m)
+    return ALGORITHMS[HIERARCHICAL], hierarchical_cost(p, counts, m)
 
 
 def broadcast_cost(p: PlacementProblem, counts: Mapping[int, int]) -> float:
