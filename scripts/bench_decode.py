@@ -33,24 +33,28 @@ PROMPT = [11, 22, 33, 44, 55, 66, 77, 88]
 
 
 def single_process(model_dir: Path, lib: Path, tokens: int, threads: int) -> dict:
+    import numpy as np
     import tvm
     from tvm import relax
 
-    from examples.tiny_llama.compile import VMRunner
-    from examples.tiny_llama.reference import load_shard_params
+    from numaplan.model.reference import read_tensors
     from numaplan.runtime.ccl.tvm_functions import register_placeholders
+    from numaplan.runtime.paged_kv import PagedKVModel, read_metadata
 
     register_placeholders()
     tvm.get_global_func("runtime.config_threadpool")(-2, threads,
                                                     [str(c) for c in range(threads)])
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
-    runner = VMRunner(vm, load_shard_params(model_dir, 1, 0), max_seq_len=256)
-    runner.prefill(PROMPT)
+    weights = read_tensors(model_dir)
+    params = [tvm.runtime.tensor(np.ascontiguousarray(weights[p["name"]].astype(p["dtype"])))
+              for p in read_metadata(vm)["params"]]
+    model = PagedKVModel(vm, params, max_total_seq_len=256)
+    model.add_sequence(0)
+    tok = int(model.prefill([0], [PROMPT])[0].argmax())
     steps = []
-    tok = 1
     for _ in range(tokens):
         t0 = time.perf_counter()
-        tok = int(runner.decode(tok).argmax())
+        tok = int(model.decode([0], [tok])[0].argmax())
         steps.append(time.perf_counter() - t0)
     return {"step_s": steps}
 

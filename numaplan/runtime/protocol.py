@@ -18,7 +18,7 @@ import functools
 import json
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -35,7 +35,9 @@ M = TypeVar("M", bound=BaseModel)
 # -- the worker functions the controller calls through Disco ---------------------------------------
 SETUP = "numaplan.runtime.setup"  # (WorkerSpec JSON) -> SetupReport
 LOAD_PARAMS = "numaplan.runtime.load_params"  # (model dir, names JSON) -> LoadDone
-GENERATE = "numaplan.runtime.generate"  # (vm, prompt, max new, max seq, logits?) -> result
+KV_INIT = "numaplan.runtime.kv_init"  # (vm, KVCacheSpec JSON) -> KVCacheInfo
+KV_STEP = "numaplan.runtime.kv_step"  # (KVStep JSON) -> KVStepDone
+COLLECTIVE_STATS = "numaplan.runtime.collective_stats"  # () -> CollectiveCounters
 REPORT = "numaplan.runtime.report"  # () -> WorkerReport
 SHUTDOWN = "numaplan.runtime.shutdown"  # () -> 0
 
@@ -61,7 +63,10 @@ class RunOptions(Frozen):
         How long a rank waits for a peer inside a collective before it reports it missing
         (also how long a worker waits for a shared weight copy another worker writes).
     max_seq_len
-        KV-cache rows (default: the model's context window).
+        Tokens the KV cache holds over all sequences (default: the model's context window
+        times ``max_batch``).
+    max_batch
+        Sequences the KV cache holds at once (``batch_decode`` width).
     share_replicated
         Workers that read a replicated tensor from the same node share one copy of it in
         ``/dev/shm`` (the plan budgets one copy per node). Off: every worker holds its own.
@@ -75,6 +80,7 @@ class RunOptions(Frozen):
     force: bool = False
     collective_timeout_s: float = DEFAULT_TIMEOUT_S
     max_seq_len: int | None = None
+    max_batch: int = 1
     share_replicated: bool = True
     watchdog_interval_s: float = 0.1
     #: Fault injection for tests of the audit: ``{worker_id: node_id}`` binds that worker's
@@ -147,9 +153,8 @@ class WorkerReport(Frozen):
 class GenerationResult(Frozen):
     """Tokens of one greedy generation (and, if asked, the logits of every step).
 
-    Every worker generates (the answer to ``numaplan.runtime.generate``); the session returns
-    worker 0's. ``collective`` holds the numeric fields of the worker's :class:`CommStats`, as
-    the change over this generation (empty without a collective).
+    ``collective`` holds the numeric fields of worker 0's :class:`CommStats`, as the change
+    over this generation (empty without a collective).
     """
 
     prompt_ids: tuple[int, ...]
@@ -158,6 +163,51 @@ class GenerationResult(Frozen):
     step_s: tuple[float, ...]
     logits: tuple[tuple[float, ...], ...] = ()
     collective: dict[str, float] = Field(default_factory=dict)
+
+
+class KVCacheSpec(Frozen):
+    """The paged KV cache every worker creates (``numaplan.runtime.kv_init``)."""
+
+    max_batch: int = Field(ge=1)
+    max_total_seq_len: int | None = None
+    prefill_chunk: int | None = None
+
+
+class KVCacheInfo(Frozen):
+    """A worker's cache, as created."""
+
+    max_batch: int
+    max_total_seq_len: int
+    prefill_chunk: int
+    free_tokens: int
+    context_window: int
+
+
+class KVStep(Frozen):
+    """One step every worker runs on its cache (``numaplan.runtime.kv_step``).
+
+    ``op``: ``add`` / ``remove`` (``seq_ids``), ``popn`` (``seq_ids[0]``, ``n``), ``clear``,
+    ``prefill`` (``tokens``: one list per sequence), ``decode`` (``tokens``: one id per
+    sequence). Worker 0 keeps the step's logits for the controller (:func:`take_logits`).
+    """
+
+    op: Literal["add", "remove", "popn", "clear", "prefill", "decode"]
+    seq_ids: tuple[int, ...] = ()
+    tokens: tuple[Any, ...] = ()
+    n: int = 0
+
+
+class KVStepDone(Frozen):
+    """A step's answer: the tokens each of the step's sequences now holds, and the time."""
+
+    lengths: dict[int, int] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class CollectiveCounters(Frozen):
+    """The numeric counters of a worker's collective (empty without one)."""
+
+    counters: dict[str, float] = Field(default_factory=dict)
 
 
 class WorkerFailure(Frozen):

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from numaplan.errors import NumaplanError
+from numaplan.errors import NumaplanError, RequestError
 from numaplan.plan.schema import Plan
 from numaplan.runtime.admission import (
     check_library_metadata,
@@ -33,11 +33,18 @@ from numaplan.runtime.admission import (
     read_library_plan,
 )
 from numaplan.runtime.protocol import (
-    GENERATE,
+    COLLECTIVE_STATS,
+    KV_INIT,
+    KV_STEP,
     LOAD_PARAMS,
     REPORT,
     SETUP,
+    CollectiveCounters,
     GenerationResult,
+    KVCacheInfo,
+    KVCacheSpec,
+    KVStep,
+    KVStepDone,
     LoadDone,
     Reply,
     RunOptions,
@@ -103,6 +110,7 @@ class NumaRuntime:
         self._inflight: list[Any] = []
         self._load_s: float | None = None
         self._last: GenerationResult | None = None
+        self._kv_info: KVCacheInfo | None = None
 
     @property
     def worker_pids(self) -> dict[int, int]:
@@ -193,10 +201,39 @@ class NumaRuntime:
         sup.cleanup_shm()
 
     # -- generation -----------------------------------------------------------------------
+    def _ensure_cache(self) -> KVCacheInfo:
+        if self._kv_info is None:
+            spec = KVCacheSpec(max_batch=self.options.max_batch,
+                               max_total_seq_len=self.options.max_seq_len)
+            infos = self._gather(self._call(KV_INIT, self._mod, spec.model_dump_json()),
+                                 KVCacheInfo)
+            self._kv_info = infos[0]
+        return self._kv_info
+
+    def step(self, step: KVStep) -> KVStepDone:
+        """Run one step on every worker's cache (they run it in lockstep)."""
+        if self._sess is None or self.plan is None:
+            raise NumaplanError("the runtime is not started")
+        self._ensure_cache()
+        previous, self.supervisor.phase = self.supervisor.phase, "decode"
+        try:
+            return self._gather(self._call(KV_STEP, step.model_dump_json()), KVStepDone)[0]
+        finally:
+            self.supervisor.phase = previous
+
+    @property
+    def model(self) -> SessionModel:
+        """The workers as one model that steps a paged KV cache
+        (:class:`numaplan.generation.StepModel`)."""
+        return SessionModel(self)
+
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
                  return_logits: bool = False) -> GenerationResult:
-        """Greedy generation: ``max_new_tokens`` tokens after the prompt."""
-        import tvm_ffi
+        """Greedy generation of ``max_new_tokens`` tokens (no stop) after one prompt, the
+        token-id interface of ``numaplan run --prompt-ids``; text, sampling, stops and several
+        prompts go through :func:`numaplan.generation.generate` on :attr:`model`."""
+        from numaplan.generation import generate
+        from numaplan.sampling import SamplingParams
 
         if self._sess is None or self.plan is None:
             raise NumaplanError("the runtime is not started")
@@ -207,23 +244,26 @@ class NumaRuntime:
             raise NumaplanError(f"prompt ids must be a non-empty list in [0, {vocab})")
         if max_new_tokens < 1:
             raise NumaplanError("max_new_tokens must be >= 1")
-        max_seq = self.options.max_seq_len or int(self.metadata.get("context_window_size", 0)) \
-            or len(ids) + max_new_tokens
-        if len(ids) + max_new_tokens > max_seq:
-            raise NumaplanError(f"{len(ids)} prompt + {max_new_tokens} new tokens exceed the "
-                                f"KV cache ({max_seq} rows)")
-        self.supervisor.phase = "decode"
-        outs = self._gather(self._call(GENERATE, self._mod,
-                                       tvm_ffi.Shape(ids), max_new_tokens, max_seq,
-                                       int(return_logits)), GenerationResult)
-        self.supervisor.phase = "ready"
+        window = self._ensure_cache().context_window
+        # The last token is sampled, never fed back: the cache holds prompt + new - 1 tokens.
+        if window > 0 and len(ids) + max_new_tokens - 1 > window:
+            raise RequestError(f"{len(ids)} prompt + {max_new_tokens} new tokens exceed the "
+                               f"model's context window of {window} tokens")
+        c0 = self.collective_counters()
+        outs, stats = generate(self.model, [ids], SamplingParams(max_new_tokens=max_new_tokens),
+                               keep_logits=return_logits)
+        c1 = self.collective_counters()
         first = outs[0]
-        for i, o in enumerate(outs[1:], start=1):
-            if o.tokens != first.tokens:
-                raise NumaplanError(f"worker {i} generated {list(o.tokens)} but worker 0 "
-                                    f"{list(first.tokens)}: the workers diverged")
-        self._last = first
-        return first
+        result = GenerationResult(
+            prompt_ids=tuple(ids), tokens=first.output_ids, prefill_s=stats.prefill_s,
+            step_s=stats.step_s, logits=first.logits or (),
+            collective={k: c1[k] - c0.get(k, 0.0) for k in c1})
+        self._last = result
+        return result
+
+    def collective_counters(self) -> dict[str, float]:
+        """Worker 0's collective counters (their change over a call is what it cost)."""
+        return self._gather(self._call(COLLECTIVE_STATS), CollectiveCounters)[0].counters
 
     # -- statistics -----------------------------------------------------------------------
     def stats(self) -> RuntimeStats:
@@ -268,10 +308,42 @@ class NumaRuntime:
         return outs
 
 
+
+
+class SessionModel:
+    """A running session as :class:`numaplan.generation.StepModel`: every call is one step of
+    every worker; the logits are worker 0's (identical on every worker after the final
+    all-reduce)."""
+
+    def __init__(self, runtime: NumaRuntime) -> None:
+        self.rt = runtime
+
+    def add_sequence(self, seq_id: int) -> None:
+        self.rt.step(KVStep(op="add", seq_ids=(seq_id,)))
+
+    def remove_sequence(self, seq_id: int) -> None:
+        self.rt.step(KVStep(op="remove", seq_ids=(seq_id,)))
+
+    def prefill(self, seq_ids: Sequence[int], tokens: Sequence[Sequence[int]]) -> Any:
+        from numaplan.runtime.worker import take_logits
+
+        self.rt.step(KVStep(op="prefill", seq_ids=tuple(seq_ids),
+                            tokens=tuple(tuple(int(t) for t in ts) for ts in tokens)))
+        return take_logits()
+
+    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> Any:
+        from numaplan.runtime.worker import take_logits
+
+        self.rt.step(KVStep(op="decode", seq_ids=tuple(seq_ids),
+                            tokens=tuple(int(t) for t in tokens)))
+        return take_logits()
+
+
 __all__ = [
     "GenerationResult",
     "NumaRuntime",
     "RunOptions",
     "RuntimeStats",
+    "SessionModel",
     "WorkerStats",
 ]

@@ -9,9 +9,13 @@ The controller drives them through Disco (``sess.get_global_func("numaplan.runti
   the shared-memory collective and register ``numaplan.ccl.*`` for the compiled model;
 - ``numaplan.runtime.load_params(model_dir, names_json)``: this worker's own shard, loaded by
   this worker into node-bound memory (:mod:`numaplan.runtime.loader`), audited, kept for the VM;
-- ``numaplan.runtime.generate(vm, prompt, max_new, max_seq, want_logits)``: greedy decoding run
-  inside every worker in lockstep (the collectives synchronise them, and the logits after the
-  final all-reduce are identical on every worker, so each takes the same argmax);
+- ``numaplan.runtime.kv_init(vm, spec_json)``: this worker's paged KV cache
+  (:class:`~numaplan.runtime.paged_kv.PagedKVModel`, MLC's function ABI);
+- ``numaplan.runtime.kv_step(step_json)``: one step (add / remove sequences, prefill, decode),
+  run by every worker in lockstep (the model's collectives synchronise them; ``embed``
+  broadcasts worker 0's token ids); worker 0 keeps the logits for the controller
+  (:func:`take_logits`), which samples the next tokens;
+- ``numaplan.runtime.collective_stats()``: the collective's counters;
 - ``numaplan.runtime.report()``: what was measured (affinity of every thread read back from
   /proc, memory policy, load audit, collective statistics);
 - ``numaplan.runtime.shutdown()``: release the communicator and the weights.
@@ -42,16 +46,22 @@ from numaplan.osnuma.affinity import current_thread_id, read_thread_affinity
 from numaplan.plan.schema import Plan
 from numaplan.runtime.ccl.communicator import Communicator
 from numaplan.runtime.ccl.spec import CommSpec
-from numaplan.runtime.ccl.stats import CommStats
 from numaplan.runtime.ccl.tvm_functions import register_tvm_functions
 from numaplan.runtime.loader import LoadReport, SharedCopies, check_placement, load_worker_params
+from numaplan.runtime.paged_kv import PagedKVModel
 from numaplan.runtime.protocol import (
-    GENERATE,
+    COLLECTIVE_STATS,
+    KV_INIT,
+    KV_STEP,
     LOAD_PARAMS,
     REPORT,
     SETUP,
     SHUTDOWN,
-    GenerationResult,
+    CollectiveCounters,
+    KVCacheInfo,
+    KVCacheSpec,
+    KVStep,
+    KVStepDone,
     LoadDone,
     SetupReport,
     ThreadReport,
@@ -76,6 +86,8 @@ class _State:
     load_report: LoadReport | None = None
     setup: SetupReport | None = None
     pool_tids: list[int] = field(default_factory=list)
+    kv: PagedKVModel | None = None
+    logits: np.ndarray | None = None
 
 
 _STATE = _State()
@@ -226,58 +238,74 @@ def vm_tensors(arrays: list[np.ndarray], dtypes: list[str]) -> list[Any]:
     return out
 
 
-@tvm_ffi.register_global_func(GENERATE, override=True)
+@tvm_ffi.register_global_func(KV_INIT, override=True)
 @reporting
-def generate(vm: Any, prompt: Any, max_new: int, max_seq: int, want_logits: int
-             ) -> GenerationResult:
-    """Greedy decoding, run in lockstep by every worker; tokens and timings."""
-    params = _STATE.params
-    ids = np.asarray([int(x) for x in prompt], dtype=np.int32)
-    embed, prefill, decode = vm["embed"], vm["prefill"], vm["decode"]
-    kv = vm["create_kv_cache"](tvm_ffi.Shape([max_seq]))
-    comm = _STATE.comm
-    c0 = comm.stats() if comm is not None else None
+def kv_init(vm: Any, spec_json: str) -> KVCacheInfo:
+    """Create this worker's paged KV cache (after the worker is pinned and bound: its pages
+    are allocated by this thread, under this worker's memory policy)."""
+    spec = KVCacheSpec.model_validate_json(spec_json)
+    if not _STATE.params:
+        raise NumaplanError("kv_init before load_params")
+    model = PagedKVModel(vm, _STATE.params, max_batch=spec.max_batch,
+                         max_total_seq_len=spec.max_total_seq_len,
+                         prefill_chunk=spec.prefill_chunk)
+    _STATE.kv = model
+    return KVCacheInfo(max_batch=model.max_batch, max_total_seq_len=model.max_total,
+                       prefill_chunk=model.prefill_chunk, free_tokens=model.free_tokens,
+                       context_window=model.context_window)
 
-    def hidden_of(token_ids: np.ndarray):
-        h = embed(tvm.runtime.tensor(token_ids), params)
-        arr = np.from_dlpack(h)
-        return tvm.runtime.from_dlpack(arr.reshape(1, *arr.shape)), h
 
+@tvm_ffi.register_global_func(KV_STEP, override=True)
+@reporting
+def kv_step(step_json: str) -> KVStepDone:
+    """Run one step on this worker's cache, in lockstep with the others (the model's
+    collectives synchronise them); worker 0 keeps the logits for the controller."""
+    step = KVStep.model_validate_json(step_json)
+    model = _STATE.kv
+    if model is None:
+        raise NumaplanError("kv_step before kv_init")
     t0 = time.perf_counter()
-    x, keep = hidden_of(ids)
-    logits, kv = prefill(x, kv, params)
-    lg = np.from_dlpack(logits)[0, -1]
-    tokens = [int(np.argmax(lg))]
-    kept = [lg.tolist()] if want_logits else []
-    prefill_s = time.perf_counter() - t0
-    steps: list[float] = []
-    pos = len(ids)
-    for _ in range(max_new - 1):
-        t1 = time.perf_counter()
-        x, keep = hidden_of(np.asarray([tokens[-1]], dtype=np.int32))
-        logits, kv = decode(x, kv, tvm_ffi.Shape([pos]), params)
-        lg = np.from_dlpack(logits)[0, -1]
-        tokens.append(int(np.argmax(lg)))
-        if want_logits:
-            kept.append(lg.tolist())
-        pos += 1
-        steps.append(time.perf_counter() - t1)
-    del keep
-    return GenerationResult(
-        prompt_ids=tuple(int(i) for i in ids), tokens=tuple(tokens), prefill_s=prefill_s,
-        step_s=tuple(steps), logits=tuple(tuple(row) for row in kept),
-        collective=_stats_delta(c0, comm.stats()) if comm is not None and c0 is not None
-        else {})
+    logits = None
+    if step.op == "add":
+        for sid in step.seq_ids:
+            model.add_sequence(sid)
+    elif step.op == "remove":
+        for sid in step.seq_ids:
+            model.remove_sequence(sid)
+    elif step.op == "popn":
+        model.popn(step.seq_ids[0], step.n)
+    elif step.op == "clear":
+        model.clear()
+    elif step.op == "prefill":
+        logits = model.prefill(step.seq_ids, [list(t) for t in step.tokens])
+    else:
+        logits = model.decode(step.seq_ids, [int(t) for t in step.tokens])
+    if logits is not None and _in_controller():
+        _STATE.logits = logits
+    return KVStepDone(lengths={sid: model.lengths[sid] for sid in step.seq_ids
+                               if sid in model.lengths},
+                      seconds=time.perf_counter() - t0)
 
 
-def _stats_delta(a: CommStats, b: CommStats) -> dict[str, float]:
-    """Collective statistics of one generate call (difference of two snapshots)."""
-    da, db = a.model_dump(), b.model_dump()
-    out = {}
-    for k, v in db.items():
-        if isinstance(v, int | float) and k in da and isinstance(da[k], int | float):
-            out[k] = v - da[k]
-    return out
+def take_logits() -> np.ndarray:
+    """The logits of worker 0's last prefill or decode step (the controller runs worker 0 as
+    one of its threads; this hands them over without a copy through the session)."""
+    logits, _STATE.logits = _STATE.logits, None
+    if logits is None:
+        raise NumaplanError("no logits: the last step was not a prefill or decode")
+    return logits
+
+
+@tvm_ffi.register_global_func(COLLECTIVE_STATS, override=True)
+@reporting
+def collective_stats() -> CollectiveCounters:
+    """This worker's collective counters (the controller takes differences)."""
+    comm = _STATE.comm
+    if comm is None:
+        return CollectiveCounters()
+    return CollectiveCounters(counters={k: float(v) for k, v in comm.stats().model_dump().items()
+                                        if isinstance(v, int | float)
+                                        and not isinstance(v, bool)})
 
 
 @tvm_ffi.register_global_func(REPORT, override=True)
@@ -311,6 +339,8 @@ def shutdown() -> int:
 
 def _release() -> None:
     st = _STATE
+    st.kv = None  # the cache and its VM before the weights they reference
+    st.logits = None
     st.params = []
     if st.comm is not None:
         try:

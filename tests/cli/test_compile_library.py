@@ -51,12 +51,18 @@ def test_builds_library_with_plan_inside(example_dir, two_nodes, tmp_path, capsy
 
 
 def test_w_the_builder_does_not_offer(example_dir, two_nodes, tmp_path, capsys):
-    src = json.loads((example_dir / "numaplan-model.json").read_text())
-    assert 8 not in src["tensor_parallel_shards"]
+    """A directory's own builder (numaplan-model.json) wins over numaplan's definitions, with
+    the worker counts it offers."""
+    own = {"schema_version": 1, "kind": "relax-nn-builder",
+           "builder": "numaplan.nn.export:build_ir_module", "tensor_parallel_shards": [1, 2]}
+    (example_dir / "numaplan-model.json").write_text(json.dumps(own))
     out = tmp_path / "o"
-    # W=8 is not even valid for the model (4 KV heads): the planner says so first.
-    assert main(["compile", str(example_dir), "--topology", str(two_nodes), "--tp", "8",
-                 "-o", str(out)]) == 1
+    try:
+        assert main(["compile", str(example_dir), "--topology", str(two_nodes), "--tp", "4",
+                     "-o", str(out)]) == 1
+    finally:
+        (example_dir / "numaplan-model.json").unlink()
+    assert "offers tensor_parallel_shards [1, 2], not 4" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -45,9 +45,9 @@ def test_config_validation(model_dir):
 
 
 def test_engine_generate_stats_and_cache(model_dir, tmp_path, caplog):
-    from examples.tiny_llama.reference import LlamaReference
+    from numaplan.model.reference import Reference
 
-    _, want = LlamaReference.from_model_dir(model_dir).generate(PROMPT, 5)
+    _, want = Reference(model_dir).generate(PROMPT, 5)
     cfg = EngineConfig(model=str(model_dir), mode="server", tensor_parallel_shards=2,
                        numa_tensor_parallel=True, numa_inter_node_penalty=0.3,
                        cache_dir=str(tmp_path / "cache"))

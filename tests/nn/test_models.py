@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from numaplan.model.reference import Reference, read_tensors
+
 from .conftest import build
-from .reference import Reference, read_tensors
 
 pytestmark = [pytest.mark.tvm, pytest.mark.slow]
 

@@ -9,37 +9,40 @@ import pytest
 import tvm
 from tvm import relax
 
-from examples.tiny_llama.config import get_size
-from examples.tiny_llama.model import export_model
 from numaplan.cost import cost_from_slit
 from numaplan.model import load_workload
 from numaplan.passes import PLAN_FUNC, numaplan_pipeline, register_pipeline, wrap_mlc_pipeline
 from numaplan.plan import PlanOptions, make_plan
+from numaplan.tiny_llama.build import SIZES
 from numaplan.topology import synthetic_topology
 
 
 @pytest.fixture(scope="module")
 def tp2(tmp_path_factory):
     """The default example at TP=2, its plan on a 2-socket machine, and the compiled VM."""
-    from examples.tiny_llama.build import build_model_dir
+    from numaplan.model.architecture import parse_architecture
+    from numaplan.nn.export import export_model
+    from numaplan.tiny_llama.build import build_model_dir
 
     d = build_model_dir(tmp_path_factory.mktemp("tiny") / "model", size="default")
     topo = synthetic_topology(sockets=2, cores_per_node=2)
     plan = make_plan(load_workload(d), topo, cost_from_slit(topo),
                      PlanOptions(tensor_parallel_shards=2), model_name="tiny").plan
-    mod, _ = export_model(get_size("default"), "q0f32", tensor_parallel_shards=2)
+    doc = json.loads((d / "mlc-chat-config.json").read_text())
+    mod, _ = export_model(parse_architecture(doc), 2)
     ex = tvm.compile(mod, target="llvm", relax_pipeline=numaplan_pipeline("llvm", plan))
     return plan, mod, ex
 
 
 def test_two_numaplan_allreduces_per_layer_and_no_disco(tp2):
     _, mod, ex = tp2
-    layers = get_size("default").num_hidden_layers
+    layers = SIZES["default"]["num_hidden_layers"]
     before = mod.script()
-    assert before.count("R.ccl.allreduce") == 2 * layers * 2  # prefill and decode
+    forwards = ("prefill", "decode", "batch_prefill", "batch_decode", "batch_verify")
+    assert before.count("R.ccl.allreduce") == 2 * layers * len(forwards)
     text = ex.as_text()
     assert "runtime.disco" not in text
-    for fn in ("prefill", "decode"):
+    for fn in forwards:
         body = re.search(rf"@{fn}:(.*?)(?=\n@|\Z)", text, re.S)
         assert body is not None, f"{fn} missing from the executable"
         assert body.group(1).count("numaplan.ccl.allreduce") == 2 * layers

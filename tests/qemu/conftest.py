@@ -274,11 +274,11 @@ def qemu_model(tmp_path_factory) -> tuple[Path, list[int]]:
     single-process reference tokens for the tier's prompt."""
     root = tmp_path_factory.mktemp("qemu-model")
     model = root / "tiny-llama"
-    subprocess.run([sys.executable, "-m", "examples.tiny_llama.build", str(model),
+    subprocess.run([sys.executable, "-m", "numaplan.tiny_llama.build", str(model),
                     "--size", "default"], cwd=ROOT, check=True, capture_output=True)
-    from examples.tiny_llama.reference import LlamaReference
+    from numaplan.model.reference import Reference
 
-    _, tokens = LlamaReference.from_model_dir(model).generate(list(PROMPT), MAX_NEW_TOKENS - 1)
+    _, tokens = Reference(model).generate(list(PROMPT), MAX_NEW_TOKENS - 1)
     return model, tokens
 
 

@@ -11,7 +11,7 @@ from numaplan.topology import read_sysfs
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory):
     """The default example model, q0f32 and q0f16 (MLC format, written by TVM's writer)."""
-    from examples.tiny_llama.build import build_model_dir
+    from numaplan.tiny_llama.build import build_model_dir
 
     root = tmp_path_factory.mktemp("models")
     return {dtype: build_model_dir(root / f"tiny-{dtype}", size="default", dtype=dtype)

@@ -15,7 +15,7 @@ from numaplan.runtime.loader import load_worker_params
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("W", [1, 2, 4])
 def test_every_worker_gets_mlc_shards(model_dirs, this_machine, dtype, W):
-    from examples.tiny_llama.reference import load_full_weights
+    from numaplan.model.reference import read_tensors as load_full_weights
 
     d = model_dirs[dtype]
     wl = load_workload(d)
@@ -79,7 +79,7 @@ def test_replicated_tensors_are_shared_once_per_home(model_dirs, this_machine):
     worker 1 maps the same memory (a write through one is seen through the other), reads only
     its split pieces from the files, and both audit 100% on node 0; the names can be unlinked
     after loading without losing the memory."""
-    from examples.tiny_llama.reference import load_full_weights
+    from numaplan.model.reference import read_tensors as load_full_weights
     from numaplan.runtime.shared_weights import SHM_DIR, cleanup_weight_segments, copy_groups
 
     d, wl, plan, names, shared = _tp2_here(model_dirs, this_machine)

@@ -16,14 +16,14 @@ PROMPT = [5, 17, 99, 3]
 
 
 def test_tp1_matches_numpy_reference(model_dirs, libraries):
-    from examples.tiny_llama.reference import LlamaReference
+    from numaplan.model.reference import Reference
 
     d = model_dirs["float32"]
     _, lib = libraries("float32", 1)
     with NumaRuntime(d, lib) as rt:
         res = rt.generate(PROMPT, 6, return_logits=True)
         stats = rt.stats()
-    logits, tokens = LlamaReference.from_model_dir(d).generate(PROMPT, 5)
+    logits, tokens = Reference(d).generate(PROMPT, 5)
     assert list(res.tokens) == tokens
     # float32 weights (bf16-exact), float64 reference: summation order differs only.
     np.testing.assert_allclose(np.array(res.logits), np.array(logits), rtol=1e-4, atol=1e-4)
@@ -86,14 +86,17 @@ def test_audit_reports_misplaced_pages(model_dirs, this_machine):
 
 
 def test_bad_prompt(model_dirs, libraries):
-    from numaplan.errors import NumaplanError
+    from numaplan.errors import NumaplanError, RequestError
 
     _, lib = libraries("float32", 1)
     with NumaRuntime(model_dirs["float32"], lib) as rt:
         with pytest.raises(NumaplanError, match="prompt ids must be"):
             rt.generate([10**6], 2)
-        with pytest.raises(NumaplanError, match="exceed the KV cache"):
+        with pytest.raises(RequestError, match="exceed the model's context window of 512"):
             rt.generate([1], 10**6)
+        with pytest.raises(RequestError, match="unknown sequence 7"):
+            rt.model.decode([7], [1])
+        assert len(rt.generate([1, 2], 3).tokens) == 3  # the session is still usable
 
 
 def test_strict_placement_refusal_keeps_its_class(model_dirs, libraries, monkeypatch):

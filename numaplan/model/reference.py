@@ -1,4 +1,5 @@
-"""An independent numpy forward pass of an MLC model directory (the tests' oracle).
+"""An independent numpy forward pass of an MLC model directory: the oracle that checks compiled
+libraries, conversions and the runtime (it shares no code with them).
 
 It reads ``tensor-cache.json`` and the shard files with ``json`` and ``numpy`` alone, decodes
 ``f32-to-bf16`` records, dequantizes q4 with :mod:`numaplan.model.group_quant` (no TVM code),
@@ -140,3 +141,14 @@ class Reference:
         x = self._norm(x, self.t[f"{root}.norm.weight"])
         head = self.weight(emb_prefix if self.tied else "lm_head")
         return x @ head.T
+
+    def generate(self, prompt: list[int], steps: int) -> tuple[list[np.ndarray], list[int]]:
+        """Greedy decoding from a fresh sequence: the logits of the prompt's last token and
+        of ``steps`` further tokens, and the ``steps + 1`` tokens chosen."""
+        self.reset()
+        logits = [self.forward(list(prompt))[-1]]
+        tokens = [int(np.argmax(logits[-1]))]
+        for _ in range(steps):
+            logits.append(self.forward([tokens[-1]])[-1])
+            tokens.append(int(np.argmax(logits[-1])))
+        return logits, tokens

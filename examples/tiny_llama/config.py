@@ -1,4 +1,0 @@
-"""Moved to :mod:`numaplan.tiny_llama.config` (it ships in the package, so that ``numaplan bench``
-runs from an installed wheel); its names stay importable here."""
-
-from numaplan.tiny_llama.config import *  # noqa: F403
