@@ -55,12 +55,14 @@ class GenerationStats(Frozen):
 
 
 class GenerationOutput(Frozen):
-    """One sequence's result."""
+    """One sequence's result. ``cached`` is how many of the output tokens the KV cache holds
+    (the last sampled token is never fed back, except before a stop token)."""
 
     prompt_ids: tuple[int, ...]
     output_ids: tuple[int, ...]
     text: str | None = None
     finish_reason: FinishReason
+    cached: int = 0
     logits: tuple[tuple[float, ...], ...] | None = None
 
 
@@ -76,6 +78,7 @@ class _Seq:
     emitted: int = 0
     stream: Any = None
     finish: FinishReason | None = None
+    fed: int = 0
     logits: list[tuple[float, ...]] = field(default_factory=list)
 
 
@@ -84,7 +87,8 @@ def generate(model: StepModel, prompts: Sequence[Sequence[int]],
              eos_ids: Sequence[int] = (), tokenizer: Any = None,
              on_text: Callable[[int, str], None] | None = None,
              on_token: Callable[[int, int], None] | None = None,
-             keep_logits: bool = False, first_seq_id: int = 0
+             keep_logits: bool = False, first_seq_id: int = 0,
+             seq_ids: Sequence[int] | None = None
              ) -> tuple[list[GenerationOutput], GenerationStats]:
     """Generate for several prompts at once.
 
@@ -106,6 +110,9 @@ def generate(model: StepModel, prompts: Sequence[Sequence[int]],
         Return every step's logits (for tests and comparisons; large).
     first_seq_id
         Sequence ids used in the cache are ``first_seq_id + index``.
+    seq_ids
+        Existing sequences to continue instead (a chat's history stays in the cache): the
+        prompts are appended to them, and they are kept afterwards.
 
     Raises
     ------
@@ -124,10 +131,13 @@ def generate(model: StepModel, prompts: Sequence[Sequence[int]],
         stops = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else frozenset(eos_ids))
         seqs.append(_Seq(i, [int(t) for t in prompt], p, stops, np.random.default_rng(p.seed),
                          stream=tokenizer.stream() if tokenizer is not None else None))
-    ids = [first_seq_id + s.index for s in seqs]
+    persistent = seq_ids is not None
+    ids = list(seq_ids) if persistent else [first_seq_id + s.index for s in seqs]
+    if len(ids) != len(seqs):
+        raise RequestError("one sequence id per prompt")
     added: list[int] = []
     try:
-        for sid in ids:
+        for sid in ([] if persistent else ids):
             model.add_sequence(sid)
             added.append(sid)
         t0 = time.perf_counter()
@@ -148,6 +158,8 @@ def generate(model: StepModel, prompts: Sequence[Sequence[int]],
             t1 = time.perf_counter()
             logits = model.decode([sid for sid, _ in active], [s.out[-1] for _, s in active])
             steps.append(time.perf_counter() - t1)
+            for _, s in active:
+                s.fed += 1
             _advance(model, active, logits, keep_logits, on_text, on_token)
     finally:
         for sid in added:
@@ -163,7 +175,7 @@ def generate(model: StepModel, prompts: Sequence[Sequence[int]],
                 stop_at(s.text, s.params.stop) is not None else s.text
         outputs.append(GenerationOutput(
             prompt_ids=tuple(s.prompt), output_ids=tuple(s.out), text=text,
-            finish_reason=s.finish or "length",
+            finish_reason=s.finish or "length", cached=s.fed,
             logits=tuple(s.logits) if keep_logits else None))
     stats = GenerationStats(prefill_s=prefill_s, decode_s=sum(steps),
                             prompt_tokens=sum(len(s.prompt) for s in seqs),

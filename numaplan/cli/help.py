@@ -82,8 +82,21 @@ HELP.update({
     "run_model": "the MLC model directory (weights)",
     "lib": "the library built by `numaplan compile` (the plan is read from it)",
     "run_plan": "the plan file; refused if it differs from the plan inside the library",
+    "prompt": "the prompt as text (the model directory's tokenizer.json encodes it); the "
+              "answer is streamed as it is generated",
+    "chat_template": "wrap --prompt in the model's conversation template (mlc-chat-config.json) "
+                     "and stop at its stop strings",
+    "system": "system message for --chat (default: the template's)",
+    "temperature": "sampling temperature (0 = greedy, the default)",
+    "top_p": "nucleus sampling: keep the most likely tokens up to this probability (default 1)",
+    "top_k": "keep only the k most likely tokens (0 = off)",
+    "seed": "random seed of the sampler (reproducible sampling)",
+    "stop": "stop before this string (repeatable)",
+    "ignore_eos": "do not stop at the model's end-of-sequence token (benchmarks)",
+    "chat": "interactive multi-turn chat with pinned, NUMA-local workers; the history stays in "
+            "the KV cache (empty line or EOF ends it)",
     "prompt_ids": "prompt token ids, comma-separated (e.g. 1,2,3)",
-    "max_new_tokens": "tokens to generate (greedy)",
+    "max_new_tokens": "tokens to generate at most (default 16 for --prompt-ids, 256 for text)",
     "stats": "print measured placement, load and collective figures to stderr",
     "force": "run a stale plan (model or machine fingerprints differ)",
     "strict_placement": "refuse to run when any weight byte is off its planned node",

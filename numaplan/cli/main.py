@@ -28,6 +28,7 @@ COMMANDS = {
     "diff": "numaplan.cli.diff",
     "show": "numaplan.cli.show",
     "run": "numaplan.cli.run",
+    "chat": "numaplan.cli.chat",
     "convert": "numaplan.cli.convert",
     "bench": "numaplan.cli.bench",
 }

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from numaplan.cli.help import HELP
 from numaplan.errors import UsageError
@@ -17,18 +18,62 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR", help=HELP["run_model"])
     p.add_argument("--lib", required=True, metavar="SO", help=HELP["lib"])
     p.add_argument("--plan", metavar="JSON", help=HELP["run_plan"])
-    p.add_argument("--prompt-ids", required=True, metavar="IDS", help=HELP["prompt_ids"])
-    p.add_argument("--max-new-tokens", type=int, default=16, metavar="N",
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", metavar="TEXT", help=HELP["prompt"])
+    src.add_argument("--prompt-ids", metavar="IDS", help=HELP["prompt_ids"])
+    p.add_argument("--chat", action="store_true", help=HELP["chat_template"])
+    p.add_argument("--system", metavar="TEXT", help=HELP["system"])
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
                    help=HELP["max_new_tokens"])
+    add_sampling_args(p)
     p.add_argument("--stats", action="store_true", help=HELP["stats"])
     p.add_argument("--json", action="store_true", help=HELP["json"])
     p.add_argument("--force", action="store_true", help=HELP["force"])
     p.add_argument("--strict-placement", action="store_true", help=HELP["strict_placement"])
     p.add_argument("--allow-fallback", action="store_true", help=HELP["allow_fallback"])
+    add_runtime_args(p)
+    p.set_defaults(run=run)
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """Sampling and stopping options (shared with ``numaplan chat``)."""
+    g = p.add_argument_group("sampling (greedy unless --temperature > 0)")
+    g.add_argument("--temperature", type=float, default=0.0, help=HELP["temperature"])
+    g.add_argument("--top-p", type=float, default=1.0, help=HELP["top_p"])
+    g.add_argument("--top-k", type=int, default=0, help=HELP["top_k"])
+    g.add_argument("--seed", type=int, default=None, help=HELP["seed"])
+    g.add_argument("--stop", action="append", default=[], metavar="STR", help=HELP["stop"])
+    g.add_argument("--ignore-eos", action="store_true", help=HELP["ignore_eos"])
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """Placement and memory options of a session (shared with ``numaplan chat``)."""
     p.add_argument("--max-seq-len", type=int, metavar="N", help=HELP["max_seq_len"])
     p.add_argument("--no-share-replicated", action="store_true",
                    help=HELP["no_share_replicated"])
-    p.set_defaults(run=run)
+
+
+def sampling_from_args(args: argparse.Namespace, default_max: int) -> Any:
+    """:class:`~numaplan.sampling.SamplingParams` of the command line."""
+    from numaplan.sampling import SamplingParams
+
+    try:
+        return SamplingParams(max_new_tokens=args.max_new_tokens or default_max,
+                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                              seed=args.seed, stop=tuple(args.stop), ignore_eos=args.ignore_eos)
+    except ValueError as exc:
+        err = exc.errors()[0] if hasattr(exc, "errors") else None  # pydantic
+        what = f"--{err['loc'][0].replace('_', '-')}: {err['msg']}" if err else str(exc)
+        raise UsageError(what) from None
+
+
+def options_from_args(args: argparse.Namespace) -> Any:
+    """:class:`~numaplan.runtime.session.RunOptions` of the command line."""
+    from numaplan.runtime.session import RunOptions
+
+    return RunOptions(force=args.force, strict_placement=args.strict_placement,
+                      allow_fallback=args.allow_fallback, max_seq_len=args.max_seq_len,
+                      share_replicated=not args.no_share_replicated)
 
 
 def _ids(text: str) -> list[int]:
@@ -43,23 +88,67 @@ def _ids(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from numaplan.runtime.session import NumaRuntime, RunOptions
+    from numaplan.conversation import conversation_from_config
+    from numaplan.model.config import MLC_CONFIG_NAME
+    from numaplan.runtime.session import NumaRuntime
+    from numaplan.tokenizer import Tokenizer
 
-    ids = _ids(args.prompt_ids)
-    opts = RunOptions(force=args.force, strict_placement=args.strict_placement,
-                      allow_fallback=args.allow_fallback, max_seq_len=args.max_seq_len,
-                      share_replicated=not args.no_share_replicated)
-    with NumaRuntime(args.model_dir, args.lib, plan_path=args.plan, options=opts) as rt:
+    doc = json.loads((Path(args.model_dir) / MLC_CONFIG_NAME).read_text()) \
+        if (Path(args.model_dir) / MLC_CONFIG_NAME).exists() else {}
+    conv = conversation_from_config(doc, path=Path(args.model_dir) / MLC_CONFIG_NAME)
+    text_mode = args.prompt is not None
+    tokenizer = Tokenizer(args.model_dir) if text_mode else None
+    if args.chat or args.system:
+        if not text_mode:
+            raise UsageError("--chat and --system apply a conversation template to --prompt")
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+            [{"role": "user", "content": args.prompt}]
+        ids = tokenizer.encode(conv.prompt(messages), add_special_tokens=False)
+    elif text_mode:
+        ids = tokenizer.encode(args.prompt)
+    else:
+        ids = _ids(args.prompt_ids)
+    params = sampling_from_args(args, default_max=256 if text_mode else 16)
+    if args.chat:
+        params = params.model_copy(update={
+            "stop": tuple(dict.fromkeys((*params.stop, *conv.stop_str))),
+            "stop_token_ids": tuple(conv.stop_token_ids)})
+    if params.stop and not text_mode:
+        raise UsageError("--stop needs a text prompt (--prompt) and the model's tokenizer")
+    eos = doc.get("eos_token_id", [])
+    eos_ids = list(eos) if isinstance(eos, list) else [eos]
+    if not text_mode:
+        eos_ids = []  # token-id runs generate exactly --max-new-tokens (as before)
+    stream = not args.json
+
+    def on_text(_: int, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def on_token(_: int, token: int) -> None:
+        sys.stdout.write(f"{token} ")
+        sys.stdout.flush()
+
+    with NumaRuntime(args.model_dir, args.lib, plan_path=args.plan,
+                     options=options_from_args(args)) as rt:
         for w in rt.warnings:
             print(f"numaplan run: warning: {w} (--force)", file=sys.stderr)
-        res = rt.generate(ids, args.max_new_tokens)
+        outs, gen_stats = rt.run(
+            [ids], params, tokenizer=tokenizer, eos_ids=eos_ids,
+            on_text=on_text if stream and text_mode else None,
+            on_token=on_token if stream and not text_mode else None)
         stats = rt.stats() if args.stats or args.json else None
+    out = outs[0]
     if args.json:
-        doc = {"tokens": list(res.tokens), "result": res.model_dump(exclude={"logits"}),
-               "stats": stats.model_dump() if stats else None}
-        print(json.dumps(doc, indent=2))
+        doc_out = {"prompt_ids": list(out.prompt_ids), "output_ids": list(out.output_ids),
+                   "tokens": list(out.output_ids), "text": out.text,
+                   "finish_reason": out.finish_reason,
+                   "generation": gen_stats.model_dump(exclude={"step_s"}) |
+                   {"decode_tokens_per_s": gen_stats.decode_tokens_per_s},
+                   "stats": stats.model_dump() if stats else None}
+        print(json.dumps(doc_out, indent=2))
         return 0
-    print(" ".join(str(t) for t in res.tokens), flush=True)
+    print(flush=True)
     if stats is not None:
         print(render_stats(stats, Path(args.lib).name), file=sys.stderr)
     return 0

@@ -227,12 +227,34 @@ class NumaRuntime:
         (:class:`numaplan.generation.StepModel`)."""
         return SessionModel(self)
 
+    def run(self, prompts: Sequence[Sequence[int]], params: Any, *, tokenizer: Any = None,
+            eos_ids: Sequence[int] = (), on_text: Any = None, on_token: Any = None,
+            keep_logits: bool = False) -> Any:
+        """:func:`numaplan.generation.generate` on the workers, recorded for :meth:`stats`.
+
+        Returns
+        -------
+        (list[GenerationOutput], GenerationStats)
+        """
+        from numaplan.generation import generate
+
+        c0 = self.collective_counters()
+        outs, stats = generate(self.model, prompts, params, tokenizer=tokenizer,
+                               eos_ids=eos_ids, on_text=on_text, on_token=on_token,
+                               keep_logits=keep_logits)
+        c1 = self.collective_counters()
+        first = outs[0]
+        self._last = GenerationResult(
+            prompt_ids=first.prompt_ids, tokens=first.output_ids, prefill_s=stats.prefill_s,
+            step_s=stats.step_s, logits=first.logits or (),
+            collective={k: c1[k] - c0.get(k, 0.0) for k in c1})
+        return outs, stats
+
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
                  return_logits: bool = False) -> GenerationResult:
         """Greedy generation of ``max_new_tokens`` tokens (no stop) after one prompt, the
         token-id interface of ``numaplan run --prompt-ids``; text, sampling, stops and several
         prompts go through :func:`numaplan.generation.generate` on :attr:`model`."""
-        from numaplan.generation import generate
         from numaplan.sampling import SamplingParams
 
         if self._sess is None or self.plan is None:
@@ -249,17 +271,9 @@ class NumaRuntime:
         if window > 0 and len(ids) + max_new_tokens - 1 > window:
             raise RequestError(f"{len(ids)} prompt + {max_new_tokens} new tokens exceed the "
                                f"model's context window of {window} tokens")
-        c0 = self.collective_counters()
-        outs, stats = generate(self.model, [ids], SamplingParams(max_new_tokens=max_new_tokens),
-                               keep_logits=return_logits)
-        c1 = self.collective_counters()
-        first = outs[0]
-        result = GenerationResult(
-            prompt_ids=tuple(ids), tokens=first.output_ids, prefill_s=stats.prefill_s,
-            step_s=stats.step_s, logits=first.logits or (),
-            collective={k: c1[k] - c0.get(k, 0.0) for k in c1})
-        self._last = result
-        return result
+        self.run([ids], SamplingParams(max_new_tokens=max_new_tokens), keep_logits=return_logits)
+        assert self._last is not None
+        return self._last
 
     def collective_counters(self) -> dict[str, float]:
         """Worker 0's collective counters (their change over a call is what it cost)."""
@@ -323,6 +337,9 @@ class SessionModel:
 
     def remove_sequence(self, seq_id: int) -> None:
         self.rt.step(KVStep(op="remove", seq_ids=(seq_id,)))
+
+    def popn(self, seq_id: int, n: int) -> None:
+        self.rt.step(KVStep(op="popn", seq_ids=(seq_id,), n=n))
 
     def prefill(self, seq_ids: Sequence[int], tokens: Sequence[Sequence[int]]) -> Any:
         from numaplan.runtime.worker import take_logits
