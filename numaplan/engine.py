@@ -243,6 +243,7 @@ class Engine:
 
         t0 = time.perf_counter()
         self.config = config
+        self._tokenizer: Any = None
         self.workload = load_workload(config.model)
         self.topology = read_sysfs("/")
         missing = set(config.numa_nodes or ()) - set(self.topology.node_ids)
@@ -329,9 +330,73 @@ class Engine:
         return lib, out
 
     # -- use --------------------------------------------------------------------------------
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-        """Greedy generation; the new token ids."""
-        return list(self.runtime.generate(prompt_ids, max_new_tokens).tokens)
+    def generate(self, prompts: Any, max_new_tokens: int = 128, **sampling: Any) -> Any:
+        """Generate for one prompt or several at once (batched on the workers).
+
+        Parameters
+        ----------
+        prompts
+            Token ids (``list[int]``), text (``str``, encoded with the model's tokenizer), or
+            a list of either.
+        max_new_tokens
+            Tokens to generate at most.
+        **sampling
+            :class:`numaplan.sampling.SamplingParams` fields (``temperature``, ``top_p``,
+            ``top_k``, ``seed``, ``stop``, ``ignore_eos``).
+
+        Returns
+        -------
+        list[int] or str, or a list of them
+            For ids, the new ids (the model's EOS ends a text prompt's answer, not an id
+            prompt's); for text, the new text; a list for a list of prompts.
+        """
+        from numaplan.sampling import SamplingParams
+
+        single = isinstance(prompts, str) or (
+            isinstance(prompts, list | tuple) and prompts and isinstance(prompts[0], int))
+        batch = [prompts] if single else list(prompts)
+        text = [isinstance(p, str) for p in batch]
+        ids = [self.tokenizer.encode(p) if t else [int(i) for i in p]
+               for p, t in zip(batch, text, strict=True)]
+        params = SamplingParams(max_new_tokens=max_new_tokens, **sampling)
+        eos = self.eos_ids if any(text) else ()
+        outs, _ = self.runtime.run(ids, params, tokenizer=self.tokenizer if any(text) else None,
+                                   eos_ids=eos)
+        results = [o.text if t else list(o.output_ids) for o, t in zip(outs, text, strict=True)]
+        return results[0] if single else results
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model directory's tokenizer (``tokenizer.json``)."""
+        if self._tokenizer is None:
+            from numaplan.tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer(self.config.model)
+        return self._tokenizer
+
+    @property
+    def chat_config(self) -> dict[str, Any]:
+        """The model's ``mlc-chat-config.json``."""
+        from numaplan.model.config import MLC_CONFIG_NAME
+
+        path = Path(self.config.model) / MLC_CONFIG_NAME
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """The model's end-of-sequence ids (config and conversation template)."""
+        doc = self.chat_config
+        eos = doc.get("eos_token_id", [])
+        conv = (doc.get("conv_template") or {}).get("stop_token_ids") or []
+        return tuple(dict.fromkeys([*(eos if isinstance(eos, list) else [eos]), *conv]))
+
+    @property
+    def chat(self) -> Any:
+        """OpenAI-style chat: ``engine.chat.completions.create(messages=[...], stream=...)``
+        (MLC's MLCEngine field names)."""
+        from numaplan.openai_api import Chat
+
+        return Chat(self)
 
     def runtime_stats(self) -> Any:
         """The runtime's measured statistics (:class:`numaplan.runtime.session.RuntimeStats`)."""

@@ -104,7 +104,13 @@ def convert_gguf(path: str | Path, out_dir: str | Path, *, quantization: str = "
     quant = get_quantization(quantization)
     from numaplan.convert.tokenizer import tokenizer_config, tokenizer_from_gguf
 
-    tokenizer = tokenizer_from_gguf(model.fields)
+    try:
+        tokenizer = tokenizer_from_gguf(model.fields)
+    except ModelFormatError as exc:
+        raise ModelFormatError(exc.message, path=model.path) from None
+    except Exception as exc:  # the tokenizers library raises plain Exceptions
+        raise ModelFormatError(f"the tokenizer cannot be built: {str(exc).splitlines()[0]}",
+                               path=model.path) from None
     tok_config = tokenizer_config(model.fields)
     doc = chat_config(model, quantization)
     count = 0
