@@ -89,6 +89,33 @@ def run_llama(gguf: Path, prompts: list[list[int]], tokens: int, threads: int) -
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def float32_gguf(src: Path, dst: Path) -> Path:
+    """The same GGUF with every tensor dequantized to F32 (metadata copied): the control that
+    takes llama.cpp's quantized arithmetic (8-bit activations in Q4_1 products) out."""
+    import gguf
+    import numpy as np
+
+    if dst.exists():
+        return dst
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        kind = field.types[0]
+        sub = field.types[1] if kind == gguf.GGUFValueType.ARRAY else None
+        value = 0 if key == "general.file_type" else field.contents()  # 0 = all F32
+        writer.add_key_value(key, value, kind, sub_type=sub)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, gguf.quants.dequantize(t.data, t.tensor_type)
+                          .astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
 # -- numaplan -----------------------------------------------------------------------------------
 
 def prepare(gguf: Path, root: Path, quantization: str, tp: int) -> tuple[Path, Path]:
@@ -166,19 +193,23 @@ def main() -> int:
     prompts = [tok.encode(conv.prompt([{"role": "user", "content": p}]),
                           add_special_tokens=False) for p in PROMPTS]
 
-    # 1. greedy agreement
+    # 1. greedy agreement, against the GGUF as it is and against its F32 control
     ours = run_numaplan(m32, lib32, prompts, args.tokens, keep_logits=True)
-    theirs = run_llama(gguf, prompts, args.tokens, threads=2)
-    agreement = []
-    for p, a, b in zip(PROMPTS, ours["runs"], theirs["runs"], strict=True):
-        div = next((i for i, (x, y) in enumerate(zip(a["tokens"], b["tokens"], strict=True))
-                    if x != y), None)
-        agreement.append({"prompt": p, "equal": div is None, "first_divergence": div,
-                          "numaplan": a["tokens"], "llamacpp": b["tokens"],
-                          "llamacpp_margin": None if div is None else b["margins"][div],
-                          "numaplan_margin": None if div is None else a["margins"][div],
-                          "text_numaplan": tok.decode(a["tokens"]),
-                          "text_llamacpp": tok.decode(b["tokens"])})
+    controls = {"gguf": gguf, "f32": float32_gguf(gguf, root / "control-f32.gguf")}
+    agreements: dict[str, list] = {}
+    for label, path in controls.items():
+        theirs = run_llama(path, prompts, args.tokens, threads=2)
+        rows = agreements[label] = []
+        for p, a, b in zip(PROMPTS, ours["runs"], theirs["runs"], strict=True):
+            div = next((i for i, (x, y) in enumerate(zip(a["tokens"], b["tokens"],
+                                                         strict=True)) if x != y), None)
+            rows.append({"prompt": p, "equal": div is None, "first_divergence": div,
+                         "numaplan": a["tokens"], "llamacpp": b["tokens"],
+                         "llamacpp_margin": None if div is None else b["margins"][div],
+                         "numaplan_margin": None if div is None else a["margins"][div],
+                         "text_numaplan": tok.decode(a["tokens"]),
+                         "text_llamacpp": tok.decode(b["tokens"])})
+    agreement = agreements["gguf"]
     # 2. decode speed, engines alternating
     engines: dict[str, dict] = {}
     cases = [("numaplan q4f16_1 TP=1", "q4f16_1", 1), ("numaplan q0f16 TP=1", "q0f16", 1)]
@@ -201,16 +232,19 @@ def main() -> int:
     for s in speed.values():
         s["vs_llamacpp_2_threads"] = s["tokens_per_s"] / ref
     result = {"gguf": str(gguf), "tokens": args.tokens, "decode_tokens": args.decode_tokens,
-              "rounds": args.rounds, "agreement": agreement, "speed": speed,
+              "rounds": args.rounds, "agreement": agreement,
+              "agreement_f32_control": agreements["f32"], "speed": speed,
               "seconds": time.perf_counter() - t0}
-    print(f"\ngreedy agreement, numaplan q0f32 vs llama.cpp ({gguf.name}), first {args.tokens} "
-          "tokens:")
-    for a in agreement:
-        where = "equal" if a["equal"] else (
-            f"differ from token {a['first_divergence']} (margins: llama.cpp "
-            f"{a['llamacpp_margin']:.3f}, numaplan {a['numaplan_margin']:.3f})")
-        print(f"  {a['prompt']!r}: {where}")
-    print(f"  {sum(a['equal'] for a in agreement)} of {len(agreement)} prompts equal")
+    for label, rows in agreements.items():
+        what = gguf.name if label == "gguf" else "an F32 GGUF of the same weights (control)"
+        print(f"\ngreedy agreement, numaplan q0f32 vs llama.cpp on {what}, first "
+              f"{args.tokens} tokens:")
+        for a in rows:
+            where = "equal" if a["equal"] else (
+                f"differ from token {a['first_divergence']} (margins: llama.cpp "
+                f"{a['llamacpp_margin']:.3f}, numaplan {a['numaplan_margin']:.3f})")
+            print(f"  {a['prompt']!r}: {where}")
+        print(f"  {sum(a['equal'] for a in rows)} of {len(rows)} prompts equal")
     print(f"\ndecode, median over {args.rounds} rounds of {args.decode_tokens} tokens:")
     for name, s in speed.items():
         print(f"  {name:<26} {s['median_ms_per_token']:7.2f} ms/token  "
