@@ -9,8 +9,8 @@ from pathlib import Path
 
 from numaplan.cli.help import HELP
 from numaplan.cli.run import (
-    add_runtime_args,
     add_sampling_args,
+    add_session_args,
     options_from_args,
     sampling_from_args,
 )
@@ -18,17 +18,11 @@ from numaplan.cli.run import (
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help=HELP["chat"], description=HELP["chat"])
-    p.add_argument("model_dir", metavar="MODEL_DIR", help=HELP["run_model"])
-    p.add_argument("--lib", required=True, metavar="SO", help=HELP["lib"])
-    p.add_argument("--plan", metavar="JSON", help=HELP["run_plan"])
+    add_session_args(p)
     p.add_argument("--system", metavar="TEXT", help=HELP["system"])
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
                    help=HELP["max_new_tokens"])
     add_sampling_args(p)
-    p.add_argument("--force", action="store_true", help=HELP["force"])
-    p.add_argument("--strict-placement", action="store_true", help=HELP["strict_placement"])
-    p.add_argument("--allow-fallback", action="store_true", help=HELP["allow_fallback"])
-    add_runtime_args(p)
     p.set_defaults(run=run)
 
 

@@ -15,9 +15,7 @@ from numaplan.plan.formatting import human_bytes
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help=HELP["run"], description=HELP["run"])
-    p.add_argument("model_dir", metavar="MODEL_DIR", help=HELP["run_model"])
-    p.add_argument("--lib", required=True, metavar="SO", help=HELP["lib"])
-    p.add_argument("--plan", metavar="JSON", help=HELP["run_plan"])
+    add_session_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", metavar="TEXT", help=HELP["prompt"])
     src.add_argument("--prompt-ids", metavar="IDS", help=HELP["prompt_ids"])
@@ -28,11 +26,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_sampling_args(p)
     p.add_argument("--stats", action="store_true", help=HELP["stats"])
     p.add_argument("--json", action="store_true", help=HELP["json"])
+    p.set_defaults(run=run)
+
+
+def add_session_args(p: argparse.ArgumentParser) -> None:
+    """The model, its library and how the session places it (shared with ``numaplan chat``)."""
+    p.add_argument("model_dir", metavar="MODEL_DIR", help=HELP["run_model"])
+    p.add_argument("--lib", required=True, metavar="SO", help=HELP["lib"])
+    p.add_argument("--plan", metavar="JSON", help=HELP["run_plan"])
     p.add_argument("--force", action="store_true", help=HELP["force"])
     p.add_argument("--strict-placement", action="store_true", help=HELP["strict_placement"])
     p.add_argument("--allow-fallback", action="store_true", help=HELP["allow_fallback"])
     add_runtime_args(p)
-    p.set_defaults(run=run)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
