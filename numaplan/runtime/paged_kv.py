@@ -64,7 +64,8 @@ class PagedKVModel:
     max_batch
         Sequences the cache holds at once.
     max_total_seq_len
-        Tokens the cache holds over all sequences (rounded up to whole pages).
+        Tokens the cache holds over all sequences, rounded up to whole pages (default: the
+        model's context window: the sequences share it).
     prefill_chunk
         Tokens one forward call may take (default: the library's ``prefill_chunk_size``).
     """
@@ -84,7 +85,7 @@ class PagedKVModel:
         self.sliding_window = int(self.meta.get("sliding_window_size", -1))
         self.attention_sink = int(self.meta.get("attention_sink_size", -1))
         window = self.context_window if self.context_window > 0 else 4096
-        self.max_total = int(max_total_seq_len or window * max_batch)
+        self.max_total = int(max_total_seq_len or window)
         self.max_total = -(-self.max_total // PAGE_SIZE) * PAGE_SIZE
         self.prefill_chunk = int(prefill_chunk or self.meta.get("prefill_chunk_size") or 512)
         self.max_batch = int(max_batch)

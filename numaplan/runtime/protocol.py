@@ -63,8 +63,8 @@ class RunOptions(Frozen):
         How long a rank waits for a peer inside a collective before it reports it missing
         (also how long a worker waits for a shared weight copy another worker writes).
     max_seq_len
-        Tokens the KV cache holds over all sequences (default: the model's context window
-        times ``max_batch``).
+        Tokens the KV cache holds over all its sequences (default: the model's context
+        window, as MLC's engine sizes it in its local mode).
     max_batch
         Sequences the KV cache holds at once (``batch_decode`` width).
     share_replicated
@@ -80,7 +80,7 @@ class RunOptions(Frozen):
     force: bool = False
     collective_timeout_s: float = DEFAULT_TIMEOUT_S
     max_seq_len: int | None = None
-    max_batch: int = 1
+    max_batch: int = 4
     share_replicated: bool = True
     watchdog_interval_s: float = 0.1
     #: Fault injection for tests of the audit: ``{worker_id: node_id}`` binds that worker's
