@@ -18,6 +18,8 @@ the plan budgets one copy per home, and so does the runtime.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,6 +160,21 @@ def _read_piece(dest: np.ndarray, t, W: int, worker_id: int, mm: np.memmap) -> i
     return touched
 
 
+def _drop_mapped(mm: np.memmap, t) -> None:
+    """Drop the shard file's pages of tensor ``t`` from this process once its piece is copied.
+
+    Mapped file pages count in the process's resident set until unmapped: without this, a
+    worker's peak RSS during load is its weights plus every shard page it read (seen: 430 MB
+    peak for 355 MB held). ``MADV_DONTNEED`` on a read-only file mapping only drops this
+    process's mapping of the pages; the page cache keeps them for the other workers.
+    """
+    start = t.byte_offset // PAGE * PAGE
+    end = min(-(-(t.byte_offset + t.nbytes) // PAGE) * PAGE, len(mm))
+    if end > start:
+        with contextlib.suppress(OSError, ValueError):  # an old kernel: only memory is lost
+            mm._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
 def _piece_slices(shape: tuple[int, ...], rule, W: int, w: int):
     """``(dest index, source index)`` pairs that assemble worker ``w``'s piece in place.
 
@@ -243,8 +260,9 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
     def fill(dest_bytes: np.ndarray, name: str, shape: tuple[int, ...], dtype: str) -> None:
         nonlocal read
         dt = np.dtype(dtype if dtype != "bfloat16" else "uint16")
-        read += _read_piece(dest_bytes.view(dt).reshape(shape), by_name[name], W, worker_id,
-                            source(name))
+        mm = source(name)
+        read += _read_piece(dest_bytes.view(dt).reshape(shape), by_name[name], W, worker_id, mm)
+        _drop_mapped(mm, by_name[name])
 
     # Owners fill their shared copies first: the other members wait for them.
     memory = WeightMemory(None, [])
