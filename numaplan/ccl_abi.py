@@ -122,7 +122,7 @@ def describe_desc(desc: int) -> str:
 
 
 # -- the all-reduce algorithm for a message size --------------------------------------------------
-#: One node: one-shot below this many bytes, two-shot from it (research/algorithms.md 3.2).
+#: One node: one-shot below this many bytes, two-shot from it (docs/background.md 3.1).
 TWO_SHOT_FROM_BYTES = 1 << 20
 
 

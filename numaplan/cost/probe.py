@@ -1,7 +1,7 @@
 """``numaplan probe``: measure the read bandwidth and latency matrices of the running machine.
 
 For every CPU node i (with usable CPUs) and memory node j (allowed, with memory), following
-research §5 (method and pitfalls):
+docs/background.md 4 (method and pitfalls):
 
 1. **Placement.** Two anonymous buffers per memory node, each bound to node j with
    ``mbind(MPOL_BIND, MPOL_MF_STRICT | MPOL_MF_MOVE)`` *before* the first touch (mbind(2)), then

@@ -1,8 +1,8 @@
 """An anonymous, page-aligned memory buffer whose pages are placed on chosen nodes.
 
-The order matters (research §5.2, "first touch"): map, set the range policy with mbind(2), advise
-huge pages if wanted, *then* write every page. A page gets its node when it is first written;
-reading memory never written maps the shared zero page and measures nothing real.
+The order matters (docs/background.md 4.1, "first touch"): map, set the range policy with
+mbind(2), advise huge pages if wanted, *then* write every page. A page gets its node when it is
+first written; reading memory never written maps the shared zero page and measures nothing real.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Algorithms numaplan's CPU collective implements (numaplan.runtime):
   ``3 alpha + max_n 2 (k_n - 1) m / B_n + max_n 2 L_n + max_pairs 2 L_ij``
   ``+ (a - 1) m / min_pairs B_ij``
   where a is the number of active nodes. Flat rings over all ranks are never used: at decode
-  sizes they pay 2 (p - 1) latencies (research/algorithms.md 3.3).
+  sizes they pay 2 (p - 1) latencies (docs/background.md 3.2).
 
 ``L`` and ``B`` come from the cost model: a node's segment lives at the node's memory home, so
 ``L_n``/``B_n`` are the latency/bandwidth from node n to its home and ``L_ij``/``B_ij`` the worse of

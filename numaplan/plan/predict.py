@@ -8,8 +8,8 @@ and the lower bound are all measured with the same ruler, so the plan's comparis
 - read time (decode is memory-bandwidth bound): every node's CPUs stream what their workers read
   from each memory node j at the cost model's bandwidth ``bw[i][j]``, and every memory node's
   DRAM serves all its readers at its own bandwidth; the slowest of these is the read time
-  (nodes run in parallel; identical layers make the per-phase maxima of research/algorithms.md
-  2.1 add up to this);
+  (nodes run in parallel; identical layers make the per-phase maxima of docs/background.md
+  1.1 add up to this);
 - collective time: two all-reduces per layer plus one broadcast per step
   (:mod:`numaplan.plan.collective`).
 """

@@ -1,7 +1,7 @@
 """The placement problem: plain data built from a workload, a topology and a cost model.
 
 Nothing here solves anything. :func:`build_problem` aggregates the model the way the solvers
-need it (research/algorithms.md section 2: aggregate before solving):
+need it (docs/background.md 1.2: aggregate before solving):
 
 - every worker holds the same split bytes (MLC's tensor parallelism splits evenly), so workers are
   interchangeable and the solvers decide *how many* run on each node;
@@ -32,7 +32,7 @@ PAGE = 4096
 
 #: Software cost of one collective call (enter, publish, poll, leave), nominal until the
 #: runtime's measured figure replaces it (``numaplan bench``); DeepSpeed/SGLang-class shared
-#: memory all-reduces sit at 3-20 us for decode sizes (research/algorithms.md 4.3).
+#: memory all-reduces sit at 3-20 us for decode sizes (docs/background.md 3.3).
 DEFAULT_COLLECTIVE_ALPHA_S = 5e-6
 #: Share of a node's free memory left to the OS, page cache and fragmentation.
 DEFAULT_MEM_HEADROOM = 0.10

@@ -1,7 +1,7 @@
 """Exact placement with a mixed-integer program (pulp; HiGHS when installed, else CBC).
 
 The only module that imports pulp. The model is the aggregated formulation of
-research/algorithms.md 2.2-2.3 (worker *counts* per node, page-granular spill as continuous
+docs/background.md 1.2 (worker *counts* per node, page-granular spill as continuous
 bytes, replicated groups as facility location), with the collective cost of
 :mod:`numaplan.plan.collective` linearised exactly at integer points, so the objective of an
 optimal answer equals :func:`numaplan.plan.predict.predict` of the answer.

@@ -3,7 +3,7 @@
 Used when the MIP would be too big for its time limit (hundreds of nodes). The CPU nodes form a
 graph whose edge weights are the bandwidth between them; Kernighan-Lin bisection keeps
 well-connected nodes (a socket, an SNC/NPS group) on one side, as Scotch-style dual recursive
-bipartitioning does (research/algorithms.md 1.2, experiment D: within ~2% of the best known
+bipartitioning does (docs/background.md 2: within ~2% of the best known
 mapping in milliseconds). Workers are split between the halves in proportion to their local
 bandwidth, recursively; memory is then homed local-first by :func:`solver_greedy.place`. For
 pure tensor parallelism every balanced mapping costs the same, so what the bisection buys is the

@@ -2,7 +2,7 @@
 
 ``tvm.runtime`` imports ``disco`` before ``libtvm_runtime_extra.so`` is loaded at the end of
 ``import tvm``; the first import then caches an empty FFI table and ``from tvm.runtime import
-disco`` yields ``None`` (research/mlc_tvm.md 5.1). Initialising the FFI table after ``import
+disco`` yields ``None`` (docs/background.md 5.1). Initialising the FFI table after ``import
 tvm`` and importing the module again works. This module does that once.
 """
 
