@@ -171,8 +171,8 @@ def generate(model: StepModel, prompts: Sequence[Sequence[int]],
     for s in seqs:
         text = None
         if tokenizer is not None:
-            text = s.text[:stop_at(s.text, s.params.stop)] if s.params.stop and \
-                stop_at(s.text, s.params.stop) is not None else s.text
+            cut = stop_at(s.text, s.params.stop)
+            text = s.text if cut is None else s.text[:cut]
         outputs.append(GenerationOutput(
             prompt_ids=tuple(s.prompt), output_ids=tuple(s.out), text=text,
             finish_reason=s.finish or "length", cached=s.fed,

@@ -26,9 +26,8 @@ from typing import Any
 
 from pydantic import model_validator
 
-from numaplan._base import Frozen
 from numaplan.errors import ModelFormatError
-from numaplan.model.config import parse_mlc_config
+from numaplan.model.config import ModelConfig, first_error, parse_mlc_config
 
 #: The ``model_type`` values numaplan has a model definition for.
 MODEL_TYPES = ("llama", "mistral", "qwen2", "phi3")
@@ -39,30 +38,19 @@ _QKV_BIAS = frozenset({"qwen2"})
 DEFAULT_PREFILL_CHUNK = 2048
 
 
-class Architecture(Frozen):
-    """One model's architecture, full (unsharded) sizes.
+class Architecture(ModelConfig):
+    """One model's architecture, full (unsharded) sizes: the planner's
+    :class:`~numaplan.model.config.ModelConfig` plus what a model definition needs.
 
     ``rope_scaling`` is the Hugging Face / MLC dict (``{"rope_type": "llama3", "factor": 8.0,
     ...}``) or ``None``; ``sliding_window_size`` is ``-1`` when attention is not windowed.
     """
 
-    model_type: str
-    quantization: str
-    hidden_size: int
-    intermediate_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    num_hidden_layers: int
-    vocab_size: int
-    tie_word_embeddings: bool
     rms_norm_eps: float
     rope_theta: float
     rope_scaling: dict[str, Any] | None = None
     qkv_bias: bool = False
-    context_window_size: int
     prefill_chunk_size: int
-    sliding_window_size: int = -1
 
     @model_validator(mode="after")
     def _check(self) -> Architecture:
@@ -144,15 +132,8 @@ def parse_architecture(doc: Mapping[str, Any], *, path: str | Path | None = None
     context = base.context_window_size
     try:
         return Architecture(
-            model_type=base.model_type, quantization=base.quantization,
-            hidden_size=base.hidden_size, intermediate_size=base.intermediate_size,
-            num_attention_heads=base.num_attention_heads,
-            num_key_value_heads=base.num_key_value_heads, head_dim=base.head_dim,
-            num_hidden_layers=base.num_hidden_layers, vocab_size=base.vocab_size,
-            tie_word_embeddings=base.tie_word_embeddings, rms_norm_eps=eps, rope_theta=theta,
+            **base.model_dump(exclude={"rms_norm_eps"}), rms_norm_eps=eps, rope_theta=theta,
             rope_scaling=scaling, qkv_bias=base.model_type in _QKV_BIAS,
-            context_window_size=context,
-            prefill_chunk_size=min(chunk, context) if context > 0 else chunk,
-            sliding_window_size=base.sliding_window_size)
+            prefill_chunk_size=min(chunk, context) if context > 0 else chunk)
     except ValueError as exc:
-        raise ModelFormatError(str(exc).splitlines()[-1].strip(), path=path) from None
+        raise ModelFormatError(first_error(exc), path=path) from None

@@ -190,10 +190,11 @@ def _build(fields: _Fields, path: str | Path | None, *, model_type: str,
     try:
         return ModelConfig(**values)  # type: ignore[arg-type]
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ModelFormatError(_first_error(exc), path=path) from None
+        raise ModelFormatError(first_error(exc), path=path) from None
 
 
-def _first_error(exc: ValueError) -> str:
+def first_error(exc: ValueError) -> str:
+    """A pydantic validation error as one line: the field and its message."""
     errors = getattr(exc, "errors", None)
     if errors is None:
         return str(exc)
