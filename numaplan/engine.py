@@ -102,7 +102,8 @@ class EngineConfig(BaseModel):
     oversubscribe
         Let workers share cores (correctness runs on small machines).
     max_seq_len
-        KV-cache rows.
+        Tokens of KV cache each worker reserves (the plan's ``max_total_seq_len``; default:
+        the context window, or the largest that fits after the weights).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -286,7 +287,7 @@ class Engine:
             numa_inter_node_penalty=c.numa_inter_node_penalty,
             numa_prefer_local_memory=c.numa_prefer_local_memory,
             node_affinity=dict(c.node_affinity), cost_model=c.cost_model,
-            oversubscribe=c.oversubscribe)
+            oversubscribe=c.oversubscribe, max_total_seq_len=c.max_seq_len)
 
     def _library(self) -> tuple[Path, Path]:
         from numaplan.plan import make_plan, resolve_settings, write_plan

@@ -39,6 +39,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--context-tokens", type=int, metavar="N", help=HELP["context_tokens"])
     g.add_argument("--quantization", metavar="NAME", help=HELP["quantization"])
     g.add_argument("--oversubscribe", action="store_true", help=HELP["oversubscribe"])
+    g.add_argument("--max-total-seq-len", type=int, metavar="N", help=HELP["max_total_seq_len"])
+    g.add_argument("--plan-against-free", action="store_true", help=HELP["plan_against_free"])
 
 
 def settings_from_args(args: argparse.Namespace) -> PlanSettings:
@@ -46,6 +48,8 @@ def settings_from_args(args: argparse.Namespace) -> PlanSettings:
     # Checked here so that an out-of-range value is the library's one-line error, not a
     # pydantic report.
     check_penalty(args.numa_inter_node_penalty)
+    if args.max_total_seq_len is not None and args.max_total_seq_len < 1:
+        raise UsageError(f"--max-total-seq-len must be >= 1 token, got {args.max_total_seq_len}")
     return PlanSettings(
         tensor_parallel_shards=args.tensor_parallel_shards,
         numa_nodes=parse_nodes(args.numa_nodes),
@@ -55,7 +59,8 @@ def settings_from_args(args: argparse.Namespace) -> PlanSettings:
         cost_model=args.cost, mlc_output=args.mlc_output,
         batch_size=args.batch_size, context_tokens=args.context_tokens,
         solver=args.solver, mip_backend=args.mip_backend, time_limit_s=args.time_limit,
-        oversubscribe=args.oversubscribe)
+        oversubscribe=args.oversubscribe, max_total_seq_len=args.max_total_seq_len,
+        plan_against_free=args.plan_against_free)
 
 
 def parse_affinity(text: str | None) -> dict[int, int]:

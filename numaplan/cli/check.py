@@ -69,13 +69,18 @@ def check_plan(args: argparse.Namespace) -> list[str]:
         numa_prefer_local_memory=req.numa_prefer_local_memory,
         node_affinity=req.node_affinity, batch_size=req.batch_size,
         context_tokens=req.context_tokens, mem_headroom=req.mem_headroom,
-        solver=req.solver, oversubscribe=req.oversubscribe)
+        solver=req.solver, oversubscribe=req.oversubscribe,
+        # A fresh solve reserves the KV cache this plan reserved, so the two compare alike.
+        max_total_seq_len=plan.kv_cache.max_total_seq_len,
+        plan_against_free=req.plan_against_free)
     try:
         problem = build_problem(
             workload, used, cost, num_workers=req.tensor_parallel_shards,
             batch_size=req.batch_size, context_tokens=req.context_tokens,
             prefer_local_memory=req.numa_prefer_local_memory, node_affinity=req.node_affinity,
-            mem_headroom=req.mem_headroom, oversubscribe=req.oversubscribe)
+            mem_headroom=req.mem_headroom, oversubscribe=req.oversubscribe,
+            kv_capacity_tokens=plan.kv_cache.max_total_seq_len,
+            plan_against_free=req.plan_against_free)
         mine = predict(problem, solution_from_plan(plan, problem))
     except InfeasiblePlanError as exc:
         return [*reasons, f"does not apply here: {exc}"]

@@ -112,6 +112,14 @@ def render_summary(plan: Plan, path: str, seconds: float | None = None) -> str:
     crossing = pr.cross_node_read_bytes_per_token
     lines.append(f"cross-node reads: {human_bytes(crossing)} of "
                  f"{human_bytes(pr.bytes_read_per_token)} per token")
+    kv = plan.kv_cache
+    given_up = (f"; {kv.context_window_size - kv.max_total_seq_len} tokens of the "
+                f"{kv.context_window_size}-token window given up"
+                if kv.max_total_seq_len < kv.context_window_size else "")
+    lines.append(f"KV cache: {kv.max_total_seq_len} tokens per worker ({kv.limited_by}), "
+                 f"{human_bytes(kv.bytes_per_worker)} each{given_up}")
+    bases = sorted({n.mem_capacity_basis for n in plan.nodes if n.mem_capacity_bytes})
+    lines.append("memory planned against: " + ", ".join(bases))
     return "\n".join(lines)
 
 

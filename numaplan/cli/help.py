@@ -41,7 +41,12 @@ HELP.update({
     "solver": "auto (MIP up to 64 CPU nodes, recursive bisection above), greedy, ilp, partition",
     "mip_backend": "MIP solver behind pulp: auto (HiGHS when installed, else CBC), highs, cbc",
     "time_limit": "time limit of the MIP solver in seconds",
-    "batch_size": "sequences decoded together (prediction and KV-cache reserve)",
+    "max_total_seq_len": "tokens of KV cache each worker reserves, summed over its sequences "
+                         "(MLC's max_total_seq_len; default: the context window, or the "
+                         "largest that fits after the weights)",
+    "plan_against_free": "also cap each node at the free memory its source reported (a dump's "
+                         "free figure is a snapshot of another machine: off by default)",
+    "batch_size": "sequences decoded together (for the prediction)",
     "context_tokens": "context length whose KV cache is read per token (default: half the "
                       "context window)",
     "quantization": "quantization to plan with when MODEL_DIR holds only a Hugging Face "
@@ -103,7 +108,7 @@ HELP.update({
     "allow_fallback": "continue when the kernel refuses a placement (records the degradation)",
     "no_share_replicated": "give every worker its own copy of the replicated tensors (default: "
                            "the workers reading from one node share one copy in /dev/shm)",
-    "max_seq_len": "KV-cache rows (default: the model's context window)",
+    "max_seq_len": "tokens of KV cache the workers create (default: what the plan reserved)",
 })
 
 HELP.update({

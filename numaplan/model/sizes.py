@@ -6,6 +6,10 @@ from __future__ import annotations
 from numaplan.model.dtypes import dtype_itemsize
 from numaplan.model.workload import Workload
 
+#: Tokens per page of the paged KV cache numaplan creates (TVM's ``page_size`` argument; TVM
+#: 0.27's CPU attention kernels require 16): capacities are whole pages.
+KV_PAGE_TOKENS = 16
+
 
 def total_nbytes(workload: Workload) -> int:
     """Bytes of all tensors as stored in the shard files (encoded)."""

@@ -10,11 +10,14 @@ from pydantic import ValidationError
 
 from numaplan._io import read_json, write_atomic
 from numaplan.errors import PlanFormatError, SchemaVersionError
-from numaplan.plan.schema import SCHEMA_VERSION, Plan, plan_text
+from numaplan.plan.schema import SCHEMA_CHANGES, SCHEMA_VERSION, Plan, plan_text
 
 PLAN_FILE = "numa-plan.json"
 
 #: ``{from_version: function(doc) -> doc of from_version + 1}``; applied one step at a time.
+#: A version with no migration is refused with what the newer one added: version 1 lacks the
+#: KV-cache capacity, which only the planner can size (it depends on the memory left after the
+#: weights), so a version-1 plan is re-made, not converted.
 MIGRATIONS: dict[int, Any] = {}
 
 
@@ -45,7 +48,13 @@ def plan_from_dict(doc: Any, *, source: str | None = None) -> Plan:
         raise SchemaVersionError(f"unknown plan schema_version {version!r}; this numaplan reads "
                                  f"1..{SCHEMA_VERSION}", path=source)
     while doc["schema_version"] < SCHEMA_VERSION:
-        doc = MIGRATIONS[doc["schema_version"]](doc)
+        old = doc["schema_version"]
+        if old not in MIGRATIONS:
+            raise SchemaVersionError(
+                f"plan schema_version {old} was written by an older numaplan; this one writes "
+                f"{SCHEMA_VERSION} (adding {SCHEMA_CHANGES[old + 1]}): plan again with "
+                "`numaplan compile`", path=source)
+        doc = MIGRATIONS[old](doc)
     try:
         return Plan.model_validate(doc)
     except ValidationError as exc:

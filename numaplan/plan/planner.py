@@ -21,14 +21,17 @@ from numaplan._version import __version__
 from numaplan.cost import DEFAULT_PENALTY, CostModel, Penalty
 from numaplan.errors import InfeasiblePlanError, UsageError
 from numaplan.model import Workload
+from numaplan.model.sizes import KV_PAGE_TOKENS
 from numaplan.plan import baselines, solver_greedy, solver_partition
 from numaplan.plan.predict import Prediction, lower_bound, predict
 from numaplan.plan.problem import (
     DEFAULT_COLLECTIVE_ALPHA_S,
     DEFAULT_MEM_HEADROOM,
+    MIN_KV_TOKENS,
     PAGE,
     PlacementProblem,
     build_problem,
+    kv_window,
 )
 from numaplan.plan.schema import (
     BaselinePrediction,
@@ -36,6 +39,7 @@ from numaplan.plan.schema import (
     Plan,
     PlanCollectives,
     PlanCostModel,
+    PlanKVCache,
     PlanModelInfo,
     PlanNode,
     PlanPrediction,
@@ -62,7 +66,13 @@ DEFAULT_TIME_LIMIT_S = 30.0
 
 
 class PlanOptions(Frozen):
-    """How to plan (the user-facing knobs plus solver settings)."""
+    """How to plan (the user-facing knobs plus solver settings).
+
+    The KV cache each worker reserves (:func:`size_kv_cache`): ``max_total_seq_len`` tokens
+    exactly when given; otherwise ``kv_windows`` context windows (1: MLC's interactive and local
+    modes; more: a server's batch), or the largest page multiple that fits after the weights.
+    ``plan_against_free`` caps each node at the free memory its source reported.
+    """
 
     tensor_parallel_shards: int
     numa_nodes: tuple[int, ...] | None = None
@@ -77,6 +87,9 @@ class PlanOptions(Frozen):
     time_limit_s: float = DEFAULT_TIME_LIMIT_S
     collective_alpha_s: float = DEFAULT_COLLECTIVE_ALPHA_S
     oversubscribe: bool = False
+    max_total_seq_len: int | None = Field(default=None, ge=1)
+    kv_windows: int = Field(default=1, ge=1)
+    plan_against_free: bool = False
 
     @field_validator("numa_inter_node_penalty")
     @classmethod
@@ -155,7 +168,7 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
         # A SLIT-derived model is priced at the (grid) penalty of the request, on the nodes
         # the plan may use.
         cost = _slit_at(topo, cost, options.numa_inter_node_penalty)
-    problem = _problem(workload, topo, cost, options)
+    problem, kv = size_kv_cache(workload, topo, cost, options)
     times: dict[str, float] = {}
     answers: dict[str, Solution] = {}
     errors: dict[str, InfeasiblePlanError] = {}
@@ -187,7 +200,7 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
     if solver == "ilp" and "ilp" in answers and cost.method == "slit":
         t0 = time.perf_counter()
         answers["ilp"] = _monotone_in_penalty(workload, topo, cost, options, problem,
-                                              answers["ilp"])
+                                              answers["ilp"], kv.max_total_seq_len)
         times["penalty_chain"] = time.perf_counter() - t0
     chosen = answers.get(solver) or answers.get("greedy")
     if chosen is None:
@@ -204,7 +217,7 @@ def make_plan(workload: Workload, topology: Topology, cost: CostModel, options: 
     for name, sol in answers.items():
         log.debug("%s: %s workers per node, %.6g s/token", name, sol.workers_per_node,
                   predict(problem, sol).token_s)
-    plan = _spell_out(workload, topo, cost, options, problem, chosen, pred, model_name)
+    plan = _spell_out(workload, topo, cost, options, problem, chosen, pred, model_name, kv)
     report = PlanReport(
         solve_s={k: round(v, 4) for k, v in times.items()},
         total_s=round(time.perf_counter() - t_start, 4),
@@ -226,15 +239,114 @@ def _slit_at(topo: Topology, cost: CostModel, penalty: float) -> CostModel:
                           local_lat_ns=float(lat_arg) if lat_arg else None)
 
 
-def _problem(workload: Workload, topo: Topology, cost: CostModel, options: PlanOptions
-             ) -> PlacementProblem:
-    """The placement problem of a request."""
+def _problem(workload: Workload, topo: Topology, cost: CostModel, options: PlanOptions,
+             kv_tokens: int | None = None) -> PlacementProblem:
+    """The placement problem of a request, with ``kv_tokens`` of KV cache per worker."""
     return build_problem(
         workload, topo, cost, num_workers=options.tensor_parallel_shards,
         batch_size=options.batch_size, context_tokens=options.context_tokens,
         prefer_local_memory=options.numa_prefer_local_memory,
         node_affinity=options.node_affinity, mem_headroom=options.mem_headroom,
-        collective_alpha_s=options.collective_alpha_s, oversubscribe=options.oversubscribe)
+        collective_alpha_s=options.collective_alpha_s, oversubscribe=options.oversubscribe,
+        kv_capacity_tokens=kv_tokens, plan_against_free=options.plan_against_free)
+
+
+def _fits(problem: PlacementProblem) -> bool:
+    """Whether some placement fits in memory (the greedy solver as the oracle: it spills
+    wherever the request allows and names what it lacks when nothing fits)."""
+    try:
+        return predict(problem, solver_greedy.solve(problem)).fits
+    except InfeasiblePlanError:
+        return False
+
+
+def _largest_fitting(workload: Workload, topo: Topology, cost: CostModel, options: PlanOptions,
+                     lo: int, hi: int) -> int | None:
+    """The largest page multiple of tokens in ``[lo, hi]`` whose KV cache fits (``None``: none
+    does). Fitting is monotone in the KV size, so a bisection over pages finds it."""
+    lo_p, hi_p = -(-lo // KV_PAGE_TOKENS), hi // KV_PAGE_TOKENS
+    best = None
+    while lo_p <= hi_p:
+        mid = (lo_p + hi_p) // 2
+        if _fits(_problem(workload, topo, cost, options, mid * KV_PAGE_TOKENS)):
+            best, lo_p = mid * KV_PAGE_TOKENS, mid + 1
+        else:
+            hi_p = mid - 1
+    return best
+
+
+def size_kv_cache(workload: Workload, topo: Topology, cost: CostModel, options: PlanOptions
+                  ) -> tuple[PlacementProblem, PlanKVCache]:
+    """Size every worker's KV cache as MLC sizes ``max_total_sequence_length``, and the
+    placement problem that reserves it.
+
+    The request's ``max_total_seq_len`` exactly when given. Otherwise ``kv_windows`` context
+    windows when they fit; else the largest page multiple that fits after the weights (a
+    warning names the window given up); refused only when not even the minimum fits (the
+    larger of the prefill chunk and :data:`MIN_KV_TOKENS`, or the window if shorter), and
+    then the error names the longest context that would fit.
+
+    Parameters
+    ----------
+    workload, topo, cost, options
+        As :func:`make_plan` (``topo`` already restricted to the request's nodes).
+
+    Returns
+    -------
+    tuple
+        ``(problem, kv)``.
+
+    Raises
+    ------
+    InfeasiblePlanError
+        When the asked or minimum capacity does not fit (naming the longest that would).
+    """
+    window = kv_window(workload)
+    page = KV_PAGE_TOKENS
+
+    def refuse(tokens: int, what: str) -> InfeasiblePlanError:
+        longest = _largest_fitting(workload, topo, cost, options, page, tokens - 1)
+        # The greedy's message names the node and the bytes it lacks.
+        at = tokens if longest is not None else page
+        try:
+            solver_greedy.solve(_problem(workload, topo, cost, options, at))
+            why = f"no placement fits at W={options.tensor_parallel_shards}"
+        except InfeasiblePlanError as exc:
+            why = str(exc)
+        if longest is None:
+            return InfeasiblePlanError(f"{why} (even with a {page}-token KV cache)")
+        return InfeasiblePlanError(
+            f"{what} of {tokens} tokens per worker does not fit: {why}; the longest context "
+            f"that fits is {longest} tokens (--max-total-seq-len {longest})")
+
+    if options.max_total_seq_len is not None:
+        tokens = -(-options.max_total_seq_len // page) * page
+        problem = _problem(workload, topo, cost, options, tokens)
+        if not _fits(problem):
+            raise refuse(tokens, "the requested KV cache")
+        return problem, _kv_info(problem, window, "request")
+    wanted = window * options.kv_windows
+    problem = _problem(workload, topo, cost, options, wanted)
+    if _fits(problem):
+        return problem, _kv_info(problem, window, "context window")
+    minimum = min(max(problem.prefill_tokens, MIN_KV_TOKENS), wanted)
+    if not _fits(_problem(workload, topo, cost, options, minimum)):
+        raise refuse(minimum, "the minimum KV cache")
+    tokens = _largest_fitting(workload, topo, cost, options, minimum, wanted)
+    assert tokens is not None  # the minimum fits
+    log.warning("KV cache: %d tokens per worker fit in memory after the weights; %s given up "
+                "(--max-total-seq-len sets the capacity explicitly)", tokens,
+                f"the context window of {window} tokens is" if options.kv_windows == 1 else
+                f"{options.kv_windows} context windows of {window} tokens are")
+    problem = _problem(workload, topo, cost, options, tokens)
+    return problem, _kv_info(problem, window, "memory")
+
+
+def _kv_info(p: PlacementProblem, window: int, limited_by: str) -> PlanKVCache:
+    return PlanKVCache(max_total_seq_len=p.kv_capacity_tokens, context_window_size=window,
+                       page_tokens=KV_PAGE_TOKENS, bytes_per_token=p.kv_bytes_per_token,
+                       bytes_per_worker=p.kv_capacity_tokens * p.kv_bytes_per_token,
+                       limited_by=limited_by)
 
 
 def penalty_grid(penalty: float) -> list[float]:
@@ -245,7 +357,7 @@ def penalty_grid(penalty: float) -> list[float]:
 
 def _monotone_in_penalty(workload: Workload, topo: Topology, cost: CostModel,
                          options: PlanOptions, problem: PlacementProblem,
-                         solution: Solution) -> Solution:
+                         solution: Solution, kv_tokens: int) -> Solution:
     """Make cross-node traffic non-increasing in ``numa_inter_node_penalty``.
 
     The token time is a bottleneck (a maximum over nodes), so the plain optimum at a higher
@@ -264,7 +376,7 @@ def _monotone_in_penalty(workload: Workload, topo: Topology, cost: CostModel,
     prev: Solution | None = None
     prev_cross = float("inf")
     for g in penalty_grid(options.numa_inter_node_penalty):
-        prob_g = _problem(workload, topo, _slit_at(topo, cost, g), options)
+        prob_g = _problem(workload, topo, _slit_at(topo, cost, g), options, kv_tokens)
         candidates: list[Solution] = []
         if prev is not None:
             candidates.append(prev)
@@ -287,7 +399,8 @@ def _monotone_in_penalty(workload: Workload, topo: Topology, cost: CostModel,
 
 
 def _spell_out(workload: Workload, topo: Topology, cost: CostModel, options: PlanOptions,
-               p: PlacementProblem, s: Solution, pred: Prediction, model_name: str) -> Plan:
+               p: PlacementProblem, s: Solution, pred: Prediction, model_name: str,
+               kv: PlanKVCache) -> Plan:
     workers = []
     for w, n, cpus in _assign(p, s, options.node_affinity):
         workers.append(PlanWorker(worker_id=w, node_id=n, cpus=format_cpulist(cpus),
@@ -302,7 +415,8 @@ def _spell_out(workload: Workload, topo: Topology, cost: CostModel, options: Pla
     nodes = tuple(PlanNode(
         node_id=n.node_id, socket_id=n.socket_id, cpus=format_cpulist(n.cpus),
         mem_total_bytes=n.mem_total_bytes, mem_capacity_bytes=n.mem_capacity_bytes,
-        worker_ids=tuple(by_node.get(n.node_id, ())), bytes_homed=homed.get(n.node_id, 0),
+        mem_capacity_basis=n.capacity_basis, worker_ids=tuple(by_node.get(n.node_id, ())),
+        bytes_homed=homed.get(n.node_id, 0),
         predicted_read_s=(r6(pred.per_node_read_s[n.node_id])
                           if n.node_id in pred.per_node_read_s else None))
         for n in p.nodes)
@@ -369,11 +483,13 @@ def _spell_out(workload: Workload, topo: Topology, cost: CostModel, options: Pla
             node_affinity=dict(sorted(options.node_affinity.items())),
             batch_size=options.batch_size, context_tokens=p.context_tokens,
             mem_headroom=options.mem_headroom, solver=options.solver,
-            oversubscribe=options.oversubscribe),
+            oversubscribe=options.oversubscribe, max_total_seq_len=options.max_total_seq_len,
+            plan_against_free=options.plan_against_free),
         solver=PlanSolver(name=s.solver, status=s.status,
                           gap=None if s.gap is None else r6(s.gap),
                           objective_s=None if s.objective_s is None else r6(s.objective_s)),
-        workers=tuple(workers), nodes=nodes, collectives=collectives, prediction=prediction,
+        workers=tuple(workers), nodes=nodes, kv_cache=kv, collectives=collectives,
+        prediction=prediction,
         tensors=tensors,
     )
 

@@ -24,7 +24,7 @@ from numaplan.cost import CostModel
 from numaplan.errors import CostModelError, InfeasiblePlanError, UsageError
 from numaplan.model import Role, Workload, validate_tp
 from numaplan.model.sizes import kv_cache_bytes_per_token
-from numaplan.topology import Topology
+from numaplan.topology import Node, Topology
 
 #: The granularity at which a memory home is bound (mbind works on pages): a planned piece
 #: smaller than this cannot live on a node of its own.
@@ -38,16 +38,20 @@ DEFAULT_COLLECTIVE_ALPHA_S = 5e-6
 DEFAULT_MEM_HEADROOM = 0.10
 #: Activation scratch per worker beyond the KV cache (logits, intermediate buffers).
 ACTIVATION_RESERVE_BYTES = 64 << 20
+#: The smallest KV cache a plan shrinks to before refusing (with the prefill chunk, if
+#: larger): a context shorter than this is no longer a useful chat model.
+MIN_KV_TOKENS = 4096
 
 
 class NodeResources(Frozen):
-    """What one node offers the plan."""
+    """What one node offers the plan; ``capacity_basis`` says which figure its capacity is."""
 
     node_id: int
     socket_id: int
     cores: tuple[tuple[int, ...], ...]
     mem_capacity_bytes: int | None
     mem_total_bytes: int | None
+    capacity_basis: str = "total"
 
     @property
     def cpus(self) -> tuple[int, ...]:
@@ -83,7 +87,10 @@ class PlacementProblem(Frozen):
     split_bytes_per_worker: int
     replicas: tuple[ReplicaGroup, ...]
     kv_read_bytes_per_worker: int
+    kv_bytes_per_token: int
+    kv_capacity_tokens: int
     reserve_bytes_per_worker: int
+    prefill_tokens: int
     allreduce_bytes: int
     prefill_allreduce_bytes: int
     allreduces_per_token: int
@@ -161,6 +168,8 @@ def build_problem(
     collective_alpha_s: float = DEFAULT_COLLECTIVE_ALPHA_S,
     prefill_tokens: int | None = None,
     oversubscribe: bool = False,
+    kv_capacity_tokens: int | None = None,
+    plan_against_free: bool = False,
 ) -> PlacementProblem:
     """Aggregate a workload on a machine into a :class:`PlacementProblem`.
 
@@ -181,7 +190,7 @@ def build_problem(
     node_affinity
         ``{worker_id: node_id}`` that must be honoured.
     mem_headroom
-        Share of each node's free memory left unplanned.
+        Share of each node's memory left unplanned (see :func:`node_capacity`).
     collective_alpha_s
         Software cost of one collective call.
     prefill_tokens
@@ -190,6 +199,11 @@ def build_problem(
     oversubscribe
         Allow more workers on a node than it has physical cores (they share cores): for
         correctness runs on small machines, never for speed.
+    kv_capacity_tokens
+        Tokens of KV cache each worker reserves, summed over its sequences (MLC's
+        ``max_total_sequence_length``; default: the context window).
+    plan_against_free
+        Also cap each node at the free memory its source reported (see :func:`node_capacity`).
 
     Raises
     ------
@@ -214,17 +228,12 @@ def build_problem(
     nodes = []
     for nid in ids:
         n = topology.node(nid)
-        cap: int | None
-        if nid not in mem_nodes:
-            cap = 0
-        elif n.mem_free_bytes is None:
-            cap = None
-        else:
-            cap = int(n.mem_free_bytes * (1 - mem_headroom))
+        cap, basis = node_capacity(n, usable=nid in mem_nodes, mem_headroom=mem_headroom,
+                                   plan_against_free=plan_against_free)
         nodes.append(NodeResources(
             node_id=nid, socket_id=topology.socket_of(nid),
             cores=topology.physical_cores(nid) if nid in cpu_nodes else (),
-            mem_capacity_bytes=cap, mem_total_bytes=n.mem_total_bytes))
+            mem_capacity_bytes=cap, mem_total_bytes=n.mem_total_bytes, capacity_basis=basis))
     bw = tuple(tuple(cost.bw(r, m) if r in cpu_nodes and m in mem_nodes else None for m in ids)
                for r in ids)
     lat = tuple(tuple(cost.lat(r, m) if r in cpu_nodes and m in mem_nodes else None for m in ids)
@@ -261,11 +270,14 @@ def build_problem(
         replicas.append(ReplicaGroup(name=name, mem_bytes=mem, read_bytes_per_token=read,
                                      tensor_names=tuple(t.name for t in ts)))
     # A sliding-window model with no known window reports -1: plan for a 4096-token context.
-    window = workload.context_window_size if workload.context_window_size > 0 else 4096
+    window = kv_window(workload)
     ctx = window // 2 if context_tokens is None else context_tokens
     kv_tok = kv_cache_bytes_per_token(workload, num_workers=W)
     kv_read = batch_size * ctx * kv_tok
-    reserve = batch_size * window * kv_tok + ACTIVATION_RESERVE_BYTES
+    capacity = window if kv_capacity_tokens is None else kv_capacity_tokens
+    if capacity < 0:
+        raise UsageError(f"KV cache capacity must be >= 0 tokens, got {capacity}")
+    reserve = capacity * kv_tok + ACTIVATION_RESERVE_BYTES
     itemsize = _itemsize(workload.model_dtype)
     chunk = prefill_tokens or min(2048, window)
     max_workers = {r: W if oversubscribe else len(topology.physical_cores(r))
@@ -291,7 +303,8 @@ def build_problem(
         num_workers=W, nodes=tuple(nodes), cpu_node_ids=cpu_nodes, mem_node_ids=mem_nodes,
         bw_gbps=bw, lat_ns=lat, home_of=home_of, split_bytes_per_worker=split,
         replicas=tuple(replicas), kv_read_bytes_per_worker=kv_read,
-        reserve_bytes_per_worker=reserve,
+        kv_bytes_per_token=kv_tok, kv_capacity_tokens=capacity,
+        reserve_bytes_per_worker=reserve, prefill_tokens=chunk,
         allreduce_bytes=batch_size * workload.hidden_size * itemsize,
         prefill_allreduce_bytes=chunk * workload.hidden_size * itemsize,
         allreduces_per_token=2 * workload.num_hidden_layers if W > 1 else 0,
@@ -300,6 +313,53 @@ def build_problem(
         min_workers=min_workers, max_workers=max_workers, batch_size=batch_size,
         context_tokens=ctx,
     )
+
+
+def kv_window(workload: Workload) -> int:
+    """Tokens of KV cache one sequence can hold (a sliding-window model with no known window
+    reports -1: plan for a 4096-token context)."""
+    return workload.context_window_size if workload.context_window_size > 0 else 4096
+
+
+def node_capacity(node: Node, *, usable: bool, mem_headroom: float,
+                  plan_against_free: bool = False) -> tuple[int | None, str]:
+    """Bytes a plan may put on a node, and which figure bounds it.
+
+    A node's memory less ``mem_headroom`` (left to the OS, the page cache and fragmentation);
+    on the live machine the kernel's available figure when lower (MemAvailable, not MemFree:
+    page cache is reclaimable). A dump's free figure is a snapshot of someone else's machine,
+    so it bounds the plan only when asked (``plan_against_free``).
+
+    Parameters
+    ----------
+    node
+        The node as the topology source saw it.
+    usable
+        Whether the plan may put memory there (allowed and has memory).
+    mem_headroom
+        Share of the node's memory left unplanned.
+    plan_against_free
+        Cap at the reported free memory (less headroom) too.
+
+    Returns
+    -------
+    tuple
+        ``(capacity_bytes or None when the size is unknown, basis)``.
+    """
+    if not usable:
+        return 0, "no usable memory"
+    cap: int | None = None
+    basis = "size unknown"
+    if node.mem_total_bytes is not None:
+        cap = int(node.mem_total_bytes * (1 - mem_headroom))
+        basis = f"total less {mem_headroom:.0%} headroom"
+    if node.mem_available_bytes is not None and (cap is None or node.mem_available_bytes < cap):
+        cap, basis = node.mem_available_bytes, "MemAvailable (live, below total less headroom)"
+    if plan_against_free and node.mem_free_bytes is not None:
+        free = int(node.mem_free_bytes * (1 - mem_headroom))
+        if cap is None or free < cap:
+            cap, basis = free, f"reported free less {mem_headroom:.0%} headroom"
+    return cap, basis
 
 
 def _itemsize(dtype: str) -> int:

@@ -2,7 +2,7 @@
 
 Same inputs give a byte-identical file: no timestamps, no solve times (those go to the report),
 floats rounded to 6 significant digits, dictionaries in sorted order, lists in id order. The
-committed JSON Schema (``numaplan/schema/plan.v1.json``) is generated from these models and a test
+committed JSON Schema (``numaplan/schema/plan.v2.json``) is generated from these models and a test
 keeps the two equal. A change that removes or renames a field bumps ``schema_version`` and adds a
 migration in :mod:`numaplan.plan.io`.
 """
@@ -18,7 +18,10 @@ from pydantic import Field
 
 from numaplan._base import Frozen
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: What each version added, for the message that refuses an older plan.
+SCHEMA_CHANGES = {2: "the KV-cache capacity every worker reserves and the basis of each node's "
+                     "memory capacity"}
 
 _SCALAR_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+|null|true|false|\"[^\"\n]*\")"
                           r"(?:,\s*(?:-?[\d.eE+-]+|null|true|false|\"[^\"\n]*\"))*)\s*\]")
@@ -52,6 +55,7 @@ class PlanNode(Frozen):
     cpus: str
     mem_total_bytes: int | None
     mem_capacity_bytes: int | None
+    mem_capacity_basis: str
     worker_ids: tuple[int, ...]
     bytes_homed: int
     predicted_read_s: float | None
@@ -90,6 +94,25 @@ class PlanRequest(Frozen):
     mem_headroom: float
     solver: str
     oversubscribe: bool = False
+    max_total_seq_len: int | None = None
+    plan_against_free: bool = False
+
+
+class PlanKVCache(Frozen):
+    """The KV cache every worker reserves, on its own memory node (MLC's
+    ``max_total_sequence_length``: tokens summed over the sequences a worker holds).
+
+    ``limited_by`` says what set the capacity: the model's ``context window`` (it fits),
+    ``memory`` (less fits after the weights: the rest of the window is given up), or the
+    ``request`` (``--max-total-seq-len``).
+    """
+
+    max_total_seq_len: int
+    context_window_size: int
+    page_tokens: int
+    bytes_per_token: int
+    bytes_per_worker: int
+    limited_by: Literal["context window", "memory", "request"]
 
 
 class PlanSolver(Frozen):
@@ -188,9 +211,9 @@ class PlanPrediction(Frozen):
 
 
 class Plan(Frozen):
-    """A placement plan (schema version 1)."""
+    """A placement plan (schema version 2)."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     numaplan_version: str
     model: PlanModelInfo
     topology: PlanTopology
@@ -199,6 +222,7 @@ class Plan(Frozen):
     solver: PlanSolver
     workers: tuple[PlanWorker, ...]
     nodes: tuple[PlanNode, ...]
+    kv_cache: PlanKVCache
     collectives: PlanCollectives
     prediction: PlanPrediction
     tensors: tuple[PlanTensor, ...]

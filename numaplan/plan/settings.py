@@ -46,6 +46,7 @@ class PlanSettings(Frozen):
     mlc_output
         Intel MLC output to use as the cost model instead.
     batch_size, context_tokens, solver, mip_backend, time_limit_s, oversubscribe
+    max_total_seq_len, kv_windows, plan_against_free
         As in :class:`~numaplan.plan.planner.PlanOptions`.
     """
 
@@ -62,6 +63,9 @@ class PlanSettings(Frozen):
     mip_backend: str = "auto"
     time_limit_s: float = DEFAULT_TIME_LIMIT_S
     oversubscribe: bool = False
+    max_total_seq_len: int | None = Field(default=None, ge=1)
+    kv_windows: int = Field(default=1, ge=1)
+    plan_against_free: bool = False
 
     @model_validator(mode="after")
     def _one_cost_source(self) -> PlanSettings:
@@ -149,5 +153,7 @@ def resolve_settings(settings: PlanSettings, workload: Workload, topology: Topol
         node_affinity=dict(settings.node_affinity),
         batch_size=settings.batch_size, context_tokens=settings.context_tokens,
         solver=settings.solver, mip_backend=settings.mip_backend,
-        time_limit_s=settings.time_limit_s, oversubscribe=settings.oversubscribe)
+        time_limit_s=settings.time_limit_s, oversubscribe=settings.oversubscribe,
+        max_total_seq_len=settings.max_total_seq_len, kv_windows=settings.kv_windows,
+        plan_against_free=settings.plan_against_free)
     return options, cost

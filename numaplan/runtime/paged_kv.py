@@ -23,12 +23,13 @@ import tvm
 from tvm.runtime import ShapeTuple
 
 from numaplan.errors import RequestError
+from numaplan.model.sizes import KV_PAGE_TOKENS
 
 #: Names of the cache-creation function, in the order they are looked up (the first is what
 #: ``mlc_llm compile`` and numaplan export).
 KV_CREATE_FUNCTIONS = ("create_tir_paged_kv_cache", "create_paged_kv_cache")
-#: The page size TVM 0.27's CPU attention kernels require.
-PAGE_SIZE = 16
+#: The page size TVM 0.27's CPU attention kernels require (the planner sizes in the same pages).
+PAGE_SIZE = KV_PAGE_TOKENS
 
 _KV = {name: f"vm.builtin.{name}" for name in (
     "kv_state_add_sequence", "kv_state_remove_sequence", "kv_state_fork_sequence",

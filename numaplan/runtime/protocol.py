@@ -63,8 +63,8 @@ class RunOptions(Frozen):
         How long a rank waits for a peer inside a collective before it reports it missing
         (also how long a worker waits for a shared weight copy another worker writes).
     max_seq_len
-        Tokens the KV cache holds over all its sequences (default: the model's context
-        window, as MLC's engine sizes it in its local mode).
+        Tokens the KV cache holds over all its sequences (default: the plan's
+        ``kv_cache.max_total_seq_len``, sized as MLC's engine sizes it).
     max_batch
         Sequences the KV cache holds at once (``batch_decode`` width).
     share_replicated

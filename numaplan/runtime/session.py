@@ -203,8 +203,11 @@ class NumaRuntime:
     # -- generation -----------------------------------------------------------------------
     def _ensure_cache(self) -> KVCacheInfo:
         if self._kv_info is None:
+            # The plan sized the cache against the memory left after the weights; an explicit
+            # run option overrides it (and is the user's risk).
+            planned = self.plan.kv_cache.max_total_seq_len if self.plan is not None else None
             spec = KVCacheSpec(max_batch=self.options.max_batch,
-                               max_total_seq_len=self.options.max_seq_len)
+                               max_total_seq_len=self.options.max_seq_len or planned)
             infos = self._gather(self._call(KV_INIT, self._mod, spec.model_dump_json()),
                                  KVCacheInfo)
             self._kv_info = infos[0]

@@ -58,12 +58,19 @@ class Node(Frozen):
     A node may have CPUs and no memory (Threadripper NPS4, EPYC Naples), memory and no CPUs
     (Xeon Max HBM in flat mode, CXL expanders), or both. ``mem_total_bytes`` is ``None`` when
     the source does not say (``lscpu``).
+
+    ``mem_free_bytes`` is the free figure the source printed (``MemFree``: a snapshot, and for a
+    dump a snapshot of someone else's machine). ``mem_available_bytes`` is set only when read
+    from the live machine: what the kernel could hand out now, free pages plus reclaimable page
+    cache and slab, as ``/proc/meminfo``'s ``MemAvailable`` counts it (see
+    :func:`numaplan.topology.sysfs.read_sysfs`).
     """
 
     node_id: int
     cpus: tuple[int, ...] = ()
     mem_total_bytes: int | None = None
     mem_free_bytes: int | None = None
+    mem_available_bytes: int | None = None
     socket_id: int | None = None
     hmat: MemoryAttributes | None = None
 
@@ -85,6 +92,12 @@ class Node(Frozen):
                 raise ValueError(f"node {self.node_id}: negative free memory")
             if self.mem_total_bytes is not None and self.mem_free_bytes > self.mem_total_bytes:
                 raise ValueError(f"node {self.node_id}: free memory exceeds total")
+        if self.mem_available_bytes is not None:
+            if self.mem_available_bytes < 0:
+                raise ValueError(f"node {self.node_id}: negative available memory")
+            if self.mem_total_bytes is not None and \
+                    self.mem_available_bytes > self.mem_total_bytes:
+                raise ValueError(f"node {self.node_id}: available memory exceeds total")
         return self
 
     @property

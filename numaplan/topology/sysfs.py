@@ -35,7 +35,12 @@ log = logging.getLogger(__name__)
 
 FALLBACK_MESSAGE = "NUMA not detected, using single node fallback"
 _NODE_DIR = re.compile(r"^node(\d+)$")
-_MEMINFO = re.compile(r"^Node\s+(\d+)\s+(\w+):\s+(\d+)\s*kB\s*$")
+_MEMINFO = re.compile(r"^Node\s+(\d+)\s+([\w()]+):\s+(\d+)\s*kB\s*$")
+#: Per-node meminfo fields the kernel could hand out without swapping: free pages, the file
+#: page cache and reclaimable slab, the parts ``/proc/meminfo``'s MemAvailable is built from
+#: (Documentation/filesystems/proc.rst; mm/show_mem.c si_mem_available). A node's own meminfo
+#: has no MemAvailable line.
+_RECLAIMABLE = ("Active(file)", "Inactive(file)", "SReclaimable")
 
 
 def read_sysfs(root: str | Path = "/") -> Topology:
@@ -69,16 +74,17 @@ def read_sysfs(root: str | Path = "/") -> Topology:
     for nid in node_ids:
         d = node_root / f"node{nid}"
         cpus = _read_list(d / "cpulist")
-        total, free = _read_node_meminfo(d / "meminfo", nid)
+        total, free, available = _read_node_meminfo(d / "meminfo", nid)
         if has_memory is not None and nid not in has_memory:
-            total, free = 0, 0
+            total, free, available = 0, 0, 0
         row = _read_ints(d / "distance")
         if len(row) != len(node_ids):
             raise TopologyError(f"distance row has {len(row)} entries but {len(node_ids)} nodes "
                                 f"are online", path=d / "distance")
         distances.append(tuple(row))
         nodes.append(Node(node_id=nid, cpus=cpus, mem_total_bytes=total, mem_free_bytes=free,
-                          hmat=_read_hmat(d)))
+                          mem_available_bytes=available, hmat=_read_hmat(d)))
+    nodes = _scale_available(nodes, _read_proc_meminfo(root).get("MemAvailable"))
     cpus = _read_cpu_details(root, nodes)
     sockets = _node_sockets(nodes, cpus)
     nodes = [n.model_copy(update={"socket_id": sockets.get(n.node_id)}) for n in nodes]
@@ -142,7 +148,8 @@ def _read_ints(path: Path) -> list[int]:
     return values
 
 
-def _read_node_meminfo(path: Path, nid: int) -> tuple[int, int]:
+def _read_node_meminfo(path: Path, nid: int) -> tuple[int, int, int]:
+    """``(total, free, available)`` bytes of a node; available = free + reclaimable."""
     fields: dict[str, int] = {}
     for line in _read_text(path).splitlines():
         m = _MEMINFO.match(line.strip())
@@ -150,7 +157,38 @@ def _read_node_meminfo(path: Path, nid: int) -> tuple[int, int]:
             fields[m.group(2)] = int(m.group(3)) * 1024
     if "MemTotal" not in fields or "MemFree" not in fields:
         raise TopologyError(f"no MemTotal/MemFree line for node {nid}", path=path)
-    return fields["MemTotal"], min(fields["MemFree"], fields["MemTotal"])
+    total = fields["MemTotal"]
+    free = min(fields["MemFree"], total)
+    available = min(free + sum(fields.get(k, 0) for k in _RECLAIMABLE), total)
+    return total, free, available
+
+
+def _read_proc_meminfo(root: Path) -> dict[str, int]:
+    """``/proc/meminfo`` as ``{field: bytes}`` (empty when absent, as in a fake tree)."""
+    path = root / "proc/meminfo"
+    out: dict[str, int] = {}
+    if not path.exists():
+        return out
+    for line in _read_text(path).splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            out[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return out
+
+
+def _scale_available(nodes: list[Node], system_available: int | None) -> list[Node]:
+    """Scale the nodes' available estimates down to the system's MemAvailable when lower.
+
+    The kernel's figure also subtracts the watermarks and the half of the page cache it expects
+    to be unable to reclaim; the per-node files lack those terms, so the system figure is the
+    bound and each node keeps its share.
+    """
+    estimate = sum(n.mem_available_bytes or 0 for n in nodes)
+    if system_available is None or estimate <= system_available or estimate == 0:
+        return nodes
+    f = system_available / estimate
+    return [n.model_copy(update={"mem_available_bytes": int((n.mem_available_bytes or 0) * f)})
+            for n in nodes]
 
 
 def _read_hmat(node_dir: Path) -> MemoryAttributes | None:
@@ -245,21 +283,14 @@ def _fallback(root: Path) -> Topology:
         cpus = tuple(sorted(os.sched_getaffinity(0)))
     else:
         raise TopologyError("no NUMA node directory and no CPU list", path=online)
-    total = free = None
-    meminfo = root / "proc/meminfo"
-    if meminfo.exists():
-        kv = {}
-        for line in meminfo.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[1].isdigit():
-                kv[parts[0].rstrip(":")] = int(parts[1]) * 1024
-        total = kv.get("MemTotal")
-        free = kv.get("MemAvailable", kv.get("MemFree"))
+    kv = _read_proc_meminfo(root)
+    total, free, available = kv.get("MemTotal"), kv.get("MemFree"), kv.get("MemAvailable")
     allowed_cpus, _ = _read_cpuset(root, list(cpus), [0])
     return build_topology(
         str(root),
         source=f"sysfs-fallback:{root}",
-        nodes=(Node(node_id=0, cpus=cpus, mem_total_bytes=total, mem_free_bytes=free),),
+        nodes=(Node(node_id=0, cpus=cpus, mem_total_bytes=total, mem_free_bytes=free,
+                    mem_available_bytes=available),),
         distances=((SLIT_LOCAL,),),
         allowed_cpus=tuple(allowed_cpus),
         allowed_mem_node_ids=(0,),

@@ -50,8 +50,8 @@ def _spill_topology(workload, extra_bytes: int):
 
     roomy = synthetic_topology(sockets=2)
     p = build_problem(workload, roomy, cost_from_slit(roomy), num_workers=2)
-    # Capacity = total * free_fraction (0.95) * (1 - headroom 0.10).
-    mem = int((p.reserve_bytes_per_worker + extra_bytes) / 0.95 / 0.9) + 4096
+    # Capacity = total * (1 - headroom 0.10) (a synthetic machine is not the live one).
+    mem = int((p.reserve_bytes_per_worker + extra_bytes) / 0.9) + 4096
     return synthetic_topology(sockets=2, mem_per_node_bytes=[1 << 30, mem])
 
 

@@ -10,6 +10,7 @@ from numaplan.errors import SchemaVersionError
 from numaplan.plan import read_plan
 from numaplan.plan.io import PlanFormatError
 from numaplan.plan.jsonschema import SCHEMA_PATH, plan_json_schema
+from numaplan.plan.schema import SCHEMA_VERSION
 
 from .test_golden import GOLDEN
 
@@ -21,7 +22,17 @@ def test_committed_schema_matches_code():
 
 def test_schema_version_first_in_files():
     text = (GOLDEN / "2s1n.plan.json").read_text()
-    assert text.startswith('{\n  "schema_version": 1,')
+    assert text.startswith(f'{{\n  "schema_version": {SCHEMA_VERSION},')
+
+
+def test_older_plan_is_refused_with_what_changed(tmp_path):
+    d = json.loads((GOLDEN / "2s1n.plan.json").read_text())
+    d["schema_version"] = 1
+    del d["kv_cache"]
+    (tmp_path / "numa-plan.json").write_text(json.dumps(d))
+    with pytest.raises(SchemaVersionError, match=r"schema_version 1 was written by an older "
+                       r"numaplan.*KV-cache capacity.*plan again"):
+        read_plan(tmp_path)
 
 
 @pytest.mark.parametrize(("mutate", "error", "message"), [

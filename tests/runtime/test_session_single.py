@@ -23,6 +23,8 @@ def test_tp1_matches_numpy_reference(model_dirs, libraries):
     with NumaRuntime(d, lib) as rt:
         res = rt.generate(PROMPT, 6, return_logits=True)
         stats = rt.stats()
+        # The workers create the KV cache the plan reserved.
+        assert rt._ensure_cache().max_total_seq_len == rt.plan.kv_cache.max_total_seq_len
     logits, tokens = Reference(d).generate(PROMPT, 5)
     assert list(res.tokens) == tokens
     # float32 weights (bf16-exact), float64 reference: summation order differs only.
