@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from numaplan.engine import (
         Engine,
         EngineConfig,
+        MLCEngine,
         NUMATensorParallelConfig,
+        create_numa_allocator,
+        create_numa_communicator,
         get_numa_topology,
     )
     from numaplan.errors import (
@@ -34,7 +37,9 @@ if TYPE_CHECKING:
 #: Public name -> the submodule that defines it.
 _WHERE = {
     "Engine": "engine", "EngineConfig": "engine", "NUMATensorParallelConfig": "engine",
-    "get_numa_topology": "engine",
+    "get_numa_topology": "engine", "MLCEngine": "engine",
+    "create_numa_communicator": "engine", "create_numa_allocator": "engine",
+    "LlamaConfig": "llama", "LlamaForCausalLM": "llama",
     "CostModelError": "errors", "InfeasiblePlanError": "errors", "ModelFormatError": "errors",
     "NumaplanError": "errors", "PlacementError": "errors", "SchemaVersionError": "errors",
     "TopologyError": "errors",
@@ -45,6 +50,9 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "InfeasiblePlanError",
+    "LlamaConfig",
+    "LlamaForCausalLM",
+    "MLCEngine",
     "ModelFormatError",
     "NUMATensorParallelConfig",
     "NumaplanError",
@@ -52,6 +60,8 @@ __all__ = [
     "SchemaVersionError",
     "TopologyError",
     "__version__",
+    "create_numa_allocator",
+    "create_numa_communicator",
     "get_numa_topology",
 ]
 

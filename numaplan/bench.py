@@ -156,11 +156,19 @@ class NUMATensorParallelBenchmark:
 
     @staticmethod
     def print_results(results: dict[str, Any]) -> None:
-        """Print results (one sub-benchmark's dict, or the whole suite's) as tables."""
-        subs = results.get("results", {results.get("benchmark", "?"): results})
+        """Print results as tables: one sub-benchmark's dict, the whole suite's, or the
+        proposal's ``{"allreduce_benchmark": results}`` (any dict of named results)."""
+        if "benchmark" in results:
+            subs = {results["benchmark"]: results}
+        elif isinstance(results.get("results"), dict):
+            subs = results["results"]
+        else:
+            subs = results
         for name, r in subs.items():
             print(f"\n== {name}")
-            if name == "allreduce":
+            if not isinstance(r, dict):
+                print(f"  {r}")
+            elif r.get("benchmark") == "allreduce":
                 print(f"{r['world_size']} ranks, {r['dtype']}"
                       + (" (more ranks than CPUs: oversubscribed)" if r["oversubscribed"]
                          else ""))

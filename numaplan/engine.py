@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -30,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from numaplan._version import __version__
 from numaplan.cost import DEFAULT_PENALTY, Penalty
-from numaplan.errors import NumaplanError, UsageError
+from numaplan.errors import InfeasiblePlanError, NumaplanError, UsageError
 
 if TYPE_CHECKING:
     from numaplan.plan.settings import PlanSettings
@@ -75,7 +76,9 @@ class EngineConfig(BaseModel):
     Attributes
     ----------
     model
-        MLC model directory (weights and ``mlc-chat-config.json``).
+        MLC model directory (weights and ``mlc-chat-config.json``). May be left out while a
+        configuration is only being stated (the proposal's tuning and benchmark examples); an
+        engine needs it.
     model_lib
         A library built by ``numaplan compile``; ``None`` compiles one (cached by fingerprint,
         so a second start with the same inputs does not compile again).
@@ -108,7 +111,7 @@ class EngineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
+    model: str | None = None
     model_lib: str | None = None
     mode: Literal["local", "interactive", "server"] = "server"
     tensor_parallel_shards: int | None = None
@@ -228,6 +231,24 @@ class Allocator:
         }
 
 
+def create_numa_communicator(manager: Engine) -> Communicator:
+    """The collective statistics of a running engine (the proposal's
+    ``create_numa_communicator(numa_manager)``; the engine is the NUMA manager)."""
+    if not isinstance(manager, Engine):
+        raise UsageError(f"create_numa_communicator needs a running Engine, got "
+                         f"{type(manager).__name__}")
+    return manager.communicator
+
+
+def create_numa_allocator(manager: Engine) -> Allocator:
+    """The weight-placement statistics of a running engine (the proposal's
+    ``create_numa_allocator(numa_manager)``)."""
+    if not isinstance(manager, Engine):
+        raise UsageError(f"create_numa_allocator needs a running Engine, got "
+                         f"{type(manager).__name__}")
+    return manager.allocator
+
+
 class Engine:
     """Plan, compile (cached), start the workers, generate.
 
@@ -243,6 +264,13 @@ class Engine:
         from numaplan.topology import read_sysfs
 
         t0 = time.perf_counter()
+        if config.model is None:
+            raise UsageError("EngineConfig.model is not set: an engine needs an MLC model "
+                             "directory (numaplan convert makes one from a GGUF file)")
+        if not Path(config.model).is_dir():
+            raise UsageError(f"model {config.model!r} is not a local MLC model directory; "
+                             "numaplan does not download models (convert a GGUF file with "
+                             "`numaplan convert`, or give the directory mlc_llm wrote)")
         self.config = config
         self._tokenizer: Any = None
         self.workload = load_workload(config.model)
@@ -407,18 +435,21 @@ class Engine:
                                   worker_id: int) -> dict[str, Any]:
         """Where the plan puts worker ``worker_id``'s piece of tensor ``name``.
 
-        ``shape`` is the tensor's full shape; it must match the model (a guard against asking
-        about another model's tensor).
+        For a tensor of the model, ``shape`` is its full shape and must match (a guard against
+        asking about another model's tensor). Any other name (the proposal's
+        ``"attention_weights"``) asks where a weight matrix of that shape would go under this
+        plan (:func:`_placement_for_new_tensor`); the answer says ``"planned": False``.
         """
         plan = self.plan
+        if not 0 <= worker_id < len(plan.workers):
+            raise UsageError(f"worker_id must be in 0..{len(plan.workers) - 1}")
         t = next((t for t in plan.tensors if t.name == name), None)
         if t is None:
-            raise UsageError(f"no tensor {name!r} in the plan")
+            return _placement_for_new_tensor(plan, self.workload.quantization, name,
+                                             tuple(int(d) for d in shape), worker_id)
         info = self.workload.tensor(name)
         if tuple(shape) != tuple(info.shape):
             raise UsageError(f"{name} has shape {list(info.shape)}, not {list(shape)}")
-        if not 0 <= worker_id < len(plan.workers):
-            raise UsageError(f"worker_id must be in 0..{len(plan.workers) - 1}")
         w = plan.workers[worker_id]
         homes = plan.tensor_homes(t, worker_id)
         return {"tensor": name, "role": t.role, "worker_id": worker_id, "node_id": w.node_id,
@@ -426,7 +457,7 @@ class Engine:
                 "piece_shape": list(info.shard_shape(len(plan.workers))),
                 "piece_nbytes": t.piece_nbytes,
                 "homes": [{"node_id": h.node_id, "nbytes": h.nbytes} for h in homes],
-                "local": all(h.node_id == w.mem_node_id for h in homes)}
+                "local": all(h.node_id == w.mem_node_id for h in homes), "planned": True}
 
     def close(self) -> None:
         """Stop the workers."""
@@ -437,6 +468,68 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class MLCEngine(Engine):
+    """The engine under the name MLC LLM gives it (the proposal's ``MLCEngine(config)``)."""
+
+    @classmethod
+    def from_pretrained(cls, model: str, **config: Any) -> MLCEngine:
+        """An engine for a local MLC model directory (``config``: :class:`EngineConfig`
+        fields). A hub name is refused: numaplan reads local directories only."""
+        return cls(EngineConfig(model=model, **config))
+
+
+#: Words in a tensor name that say how MLC's tensor parallelism would split it: attention and
+#: MLP input projections split their output rows (column parallel, dim 0), output projections
+#: their input columns (row parallel, dim 1), embeddings and norms are replicated.
+_SPLIT_HINTS = ((("o_proj", "out_proj", "down", "dense_4h", "c_proj", "w2"), 1),
+                (("embed", "norm", "lm_head", "wte", "bias"), None),
+                (("attn", "attention", "qkv", "q_proj", "k_proj", "v_proj", "mlp", "ffn",
+                  "gate", "up", "fc", "w1", "w3", "weight"), 0))
+
+
+def _placement_for_new_tensor(plan: Any, quantization: str, name: str, shape: tuple[int, ...],
+                              worker_id: int) -> dict[str, Any]:
+    """Where a weight of ``shape`` that the plan does not list would go for ``worker_id``.
+
+    Split as its name suggests (:data:`_SPLIT_HINTS`; replicated when the dimension does not
+    divide by W), stored as the model's quantization stores a linear weight, and homed where
+    the plan homes a worker's new bytes: its memory node while the node has room left after
+    what the plan put there, else the node with the most room left.
+    """
+    from numaplan.model.dtypes import dtype_itemsize
+    from numaplan.model.quantization import get_quantization
+
+    if len(shape) != 2 or min(shape) <= 0:
+        raise UsageError(f"{name}: expected a weight matrix shape [out, in], got {list(shape)}")
+    W = len(plan.workers)
+    lowered = name.lower()
+    split_dim = next((dim for words, dim in _SPLIT_HINTS if any(x in lowered for x in words)), 0)
+    if split_dim is not None and shape[split_dim] % W:
+        split_dim = None
+    piece = list(shape)
+    if split_dim is not None:
+        piece[split_dim] //= W
+    nbytes = sum(dtype_itemsize(spec.dtype) * math.prod(spec.shape)
+                 for spec in get_quantization(quantization).linear_params(name, *piece))
+    w = plan.workers[worker_id]
+    room = {n.node_id: (n.mem_capacity_bytes - n.bytes_homed)
+            for n in plan.nodes if n.mem_capacity_bytes}
+    copies = 1 if split_dim is None else sum(1 for x in plan.workers
+                                             if x.mem_node_id == w.mem_node_id)
+    if room.get(w.mem_node_id, 0) >= nbytes * copies:
+        home, why = w.mem_node_id, "the worker's own memory node has room"
+    elif room:
+        home = max(room, key=lambda n: (room[n], -n))
+        why = f"node {w.mem_node_id} is full; node {home} has the most room left"
+    else:
+        raise InfeasiblePlanError(f"{name}: no node has room for {nbytes} bytes")
+    return {"tensor": name, "role": "split" if split_dim is not None else "replicated",
+            "worker_id": worker_id, "node_id": w.node_id, "cpus": w.cpus,
+            "split_dim": split_dim, "replicated": split_dim is None, "piece_shape": piece,
+            "piece_nbytes": nbytes, "homes": [{"node_id": home, "nbytes": nbytes}],
+            "local": home == w.mem_node_id, "planned": False, "why": why}
 
 
 def _source_digest(src: Any) -> str:
