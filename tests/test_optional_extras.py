@@ -15,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = ("matplotlib", "highspy")
 #: The test files that use an extra (drawing plans and benchmark results; the HiGHS goldens).
-USERS = ("tests/cli/test_diff_show.py", "tests/plan/test_golden.py")
+USERS = ("tests/cli/test_diff_show.py", "tests/test_bench.py::test_png_draws_the_allreduce",
+         "tests/plan/test_golden.py")
 
 
 def test_tests_skip_with_the_reason_when_the_extras_are_absent(tmp_path):
