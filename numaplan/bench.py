@@ -99,6 +99,29 @@ def _rank_main(rank: int, cpu: int, namespace: str, world: int, sizes: Sequence[
         conn.send(("error", repr(exc)))
 
 
+def _collect(procs: Sequence[Any], readers: Sequence[Any], timeout_s: float) -> list[Any]:
+    """Each rank's report, in rank order; a rank that dies or stays silent is an error naming it
+    (a bare ``recv`` would wait for it forever)."""
+    from multiprocessing.connection import wait
+
+    deadline = time.monotonic() + timeout_s
+    pending = dict(enumerate(readers))
+    got: dict[int, Any] = {}
+    while pending:
+        ready = wait(list(pending.values()), timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise RuntimeError(f"all-reduce ranks {sorted(pending)} did not report within "
+                               f"{timeout_s:g} s")
+        for rank in [r for r, conn in pending.items() if conn in ready]:
+            try:
+                got[rank] = pending.pop(rank).recv()
+            except EOFError:
+                procs[rank].join(5)
+                raise RuntimeError(f"all-reduce rank {rank} died before reporting (exit code "
+                                   f"{procs[rank].exitcode})") from None
+    return [got[r] for r in range(len(readers))]
+
+
 class NUMATensorParallelBenchmark:
     """The proposal's benchmark class, on numaplan's measured runtime.
 
@@ -106,7 +129,9 @@ class NUMATensorParallelBenchmark:
     ----------
     config
         A dict or an :class:`numaplan.engine.EngineConfig`-like object with
-        ``tensor_parallel_shards`` and ``numa_tensor_parallel`` (or ``enable_numa_tp``).
+        ``tensor_parallel_shards`` and ``numa_tensor_parallel`` (or ``enable_numa_tp``);
+        optionally ``dtype``, ``iters`` and ``timeout_s`` (how long the all-reduce benchmark
+        waits for its ranks' results, default 600).
     """
 
     def __init__(self, config: Any = None) -> None:
@@ -117,6 +142,10 @@ class NUMATensorParallelBenchmark:
         self.enable_numa_tp = bool(get("numa_tensor_parallel", get("enable_numa_tp", True)))
         self.dtype = str(get("dtype", "float16"))
         self.iters = int(get("iters", 2000))
+        self.timeout_s = float(get("timeout_s", 600))
+
+    #: What each rank process runs (a module-level function: spawned processes import it).
+    rank_main = staticmethod(_rank_main)
 
     def run_allreduce_benchmark(self, sizes: Sequence[int] = DEFAULT_SIZES,
                                 algorithms: Sequence[str] = ALGORITHMS[:2]
@@ -129,19 +158,25 @@ class NUMATensorParallelBenchmark:
         ns = new_namespace("bench")
         ctx = mp.get_context("spawn")
         pipes = [ctx.Pipe(duplex=False) for _ in range(W)]
-        procs = [ctx.Process(target=_rank_main, args=(r, cpus[r % len(cpus)], ns, W,
-                                                      list(sizes), self.dtype, list(algorithms),
-                                                      self.iters, pipes[r][1]))
+        procs = [ctx.Process(target=self.rank_main, args=(r, cpus[r % len(cpus)], ns, W,
+                                                          list(sizes), self.dtype,
+                                                          list(algorithms), self.iters,
+                                                          pipes[r][1]))
                  for r in range(W)]
+        got = None
         try:
             for p in procs:
                 p.start()
-            got = [pipes[r][0].recv() for r in range(W)]
+            for _, send in pipes:
+                send.close()  # a rank that dies then closes the last writer: its reader sees EOF
+            got = _collect(procs, [recv for recv, _ in pipes], self.timeout_s)
         finally:
             for p in procs:
-                p.join(30)
+                # After a failure the others wait on the missing rank: do not wait for them.
+                p.join(30 if got is not None else 0)
                 if p.is_alive():
                     p.kill()
+                    p.join()
             cleanup(ns)
         for status, payload in got:
             if status != "ok":
@@ -184,10 +219,11 @@ def bench_planner() -> dict[str, Any]:
     from numaplan.plan import PlanOptions, make_plan
     from numaplan.topology import read_sample
 
-    d = Path(tempfile.mkdtemp()) / "llama3-70b"
-    write_hf_config(d, "llama3-70b")
-    t0 = time.perf_counter()
-    wl = load_workload(d, quantization="q4f16_1")
+    with tempfile.TemporaryDirectory(prefix="numaplan-bench-") as tmp:
+        d = Path(tmp) / "llama3-70b"
+        write_hf_config(d, "llama3-70b")
+        t0 = time.perf_counter()
+        wl = load_workload(d, quantization="q4f16_1")
     topo = read_sample("epyc")
     planned = make_plan(wl, topo, cost_from_slit(topo), PlanOptions(tensor_parallel_shards=8),
                         model_name="70b")
@@ -465,7 +501,9 @@ def run(args: argparse.Namespace) -> int:
                "tensor_parallel_shards": W, "enable_numa_tp": args.enable_numa_tp,
                "statistic": "median over iterations after warm-up"}, "results": results}
     failed = False
-    tmp = Path(tempfile.mkdtemp(prefix="numaplan-bench-"))
+    # The example models and their libraries: up to ~200 MB, removed however the run ends.
+    tmp_dir = tempfile.TemporaryDirectory(prefix="numaplan-bench-")
+    tmp = Path(tmp_dir.name)
     try:
         for name in STAGES:
             if name not in args.only:
@@ -482,6 +520,7 @@ def run(args: argparse.Namespace) -> int:
                 _progress(f"{name} failed: {type(exc).__name__}: {exc}")
                 failed = True
     finally:
+        tmp_dir.cleanup()
         # Also on ^C: what was measured so far is kept.
         doc["wall_s"] = round(time.perf_counter() - t_start, 1)
         if args.output_file:

@@ -7,6 +7,10 @@ Sizes and iteration counts are the smallest that still measure something, so the
 from __future__ import annotations
 
 import json
+import os
+import re
+import tempfile
+import time
 
 import pytest
 
@@ -103,3 +107,54 @@ def test_decode_with_placement(tmp_path):
     d = json.loads(out.read_text())["results"]["decode"]
     assert d["tensor_parallel_shards"] == 2 and d["numa_placement"] is True
     assert d["tokens"] == 3 and d["tokens_per_s"] > 0
+
+
+def _rank_1_dies(rank: int, *args: object) -> None:
+    if rank == 1:
+        os._exit(7)
+    bench._rank_main(rank, *args)
+
+
+def _rank_1_hangs(rank: int, *args: object) -> None:
+    if rank == 1:
+        time.sleep(600)
+    bench._rank_main(rank, *args)
+
+
+@pytest.mark.parametrize("rank_main, message", [
+    (_rank_1_dies, "all-reduce rank 1 died before reporting (exit code 7)"),
+    (_rank_1_hangs, "all-reduce ranks [0, 1] did not report within 3 s"),
+])
+def test_allreduce_waits_for_a_lost_rank_no_longer_than_its_bound(rank_main, message):
+    class Lossy(bench.NUMATensorParallelBenchmark):
+        pass
+
+    Lossy.rank_main = staticmethod(rank_main)
+    b = Lossy({"tensor_parallel_shards": 2, "iters": 5, "timeout_s": 3})
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        b.run_allreduce_benchmark([256])
+    assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["run", "failing run"])
+def test_no_temporary_directory_is_left(tmp_path, monkeypatch, fail):
+    def load(model_dir):
+        assert model_dir.is_dir()  # the example model is written in the run's directory
+        if fail:
+            raise KeyboardInterrupt
+        return {"benchmark": "load"}
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(bench, "bench_load", load)
+    monkeypatch.setattr(bench, "_example_model", lambda tmp, size="default":
+                        tmp.joinpath(size).mkdir() or tmp / size)
+    out = tmp_path / "r.json"
+    argv = ["--only", "planner,load", "--output-file", str(out)]
+    if fail:
+        with pytest.raises(KeyboardInterrupt):
+            bench.main(argv)
+    else:
+        assert bench.main(argv) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    assert json.loads(out.read_text())["results"]["planner"]["status"] == "optimal"
