@@ -209,6 +209,18 @@ def test_png_of_odd_shapes(plans, workload, tmp_path, matplotlib_extra):
         render_plan_table(plan)
 
 
+def test_png_does_not_show_the_directory_of_the_topology_file(plans, tmp_path,
+                                                              matplotlib_extra):
+    plan = plans["epyc"][0]
+    pictures = []
+    for source in ("numactl:/home/alice/t/epyc.txt", "numactl:/srv/bob/epyc.txt",
+                   "numactl:epyc.txt"):
+        moved = plan.model_copy(update={"topology": plan.topology.model_copy(
+            update={"source": source})})
+        pictures.append(render_plan_png(moved, tmp_path / "p.png").read_bytes())
+    assert pictures[0] == pictures[1] == pictures[2]
+
+
 def test_show_json_is_the_plan(plans, main, capsys):
     plan, path = plans["spill"]
     assert main(["show", str(path), "--json"]) == 0
