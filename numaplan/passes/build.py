@@ -61,13 +61,15 @@ def library_sources_digest(model_dir: str | Path, src: RelaxSource, *,
     """sha256 of the code and tools that turn a plan into a library.
 
     A library cache keyed on this (with the plan's own inputs) is never reused after an edit of
-    numaplan's planner, model definitions, passes or collective ABI, of the model's builder,
-    or after a TVM upgrade, and never on a CPU its target was not tuned for.
+    numaplan's planner, model definitions, passes or collective ABI, of the model's builder or
+    the config it reads, or after a TVM upgrade, and never on a CPU its target was not tuned
+    for.
 
     Parameters
     ----------
     model_dir
-        The model directory (its ``import_root`` may hold the builder).
+        The model directory: its config (``src.config``), and its ``import_root`` may hold the
+        builder.
     src
         The directory's builder.
     target
@@ -84,9 +86,12 @@ def library_sources_digest(model_dir: str | Path, src: RelaxSource, *,
     for part in (_package_digest(PACKAGE), f"tvm {tvm.__version__}", str(resolve_target(target)),
                  src.builder):
         h.update(part.encode() + b"\0")
-    builder = _builder_file(Path(model_dir), src)
-    if builder is not None:
-        h.update(builder.read_bytes())
+    # The config the builder reads: rope, norm epsilon, chunk sizes are not in the workload's
+    # fingerprint, yet they are compiled in.
+    for path in (_builder_file(Path(model_dir), src), Path(model_dir) / src.config):
+        if path is not None and path.is_file():
+            h.update(path.read_bytes())
+        h.update(b"\0")
     return h.hexdigest()
 
 

@@ -45,6 +45,16 @@ def test_an_edit_changes_the_key_where_it_shapes_the_library(tree, edited, shape
     assert (_key(model) != before) == shapes
 
 
+def test_the_config_the_builder_reads_is_in_the_key(tree):
+    # rope_theta is compiled in but not one of the workload fingerprint's facts.
+    _, model = tree
+    config = model / SRC.config
+    config.write_text('{"model_config": {"rope_theta": 10000.0}}\n')
+    before = _key(model)
+    config.write_text('{"model_config": {"rope_theta": 500000.0}}\n')
+    assert _key(model) != before
+
+
 def test_the_builder_tvm_and_the_target_are_in_the_key(tree, monkeypatch):
     _, model = tree
     before = _key(model)
