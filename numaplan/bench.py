@@ -17,6 +17,7 @@ method and the git commit, so numbers can be compared honestly.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -35,6 +36,7 @@ import numpy as np
 from numaplan._io import atomic_file, write_atomic
 from numaplan._version import __version__
 from numaplan.ccl_abi import ALGORITHMS
+from numaplan.errors import NumaplanError
 
 #: The checkout numaplan runs from, if any: its commit is recorded with the results.
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -97,6 +99,29 @@ def _rank_main(rank: int, cpu: int, namespace: str, world: int, sizes: Sequence[
         conn.send(("error", repr(exc)))
 
 
+def _collect(procs: Sequence[Any], readers: Sequence[Any], timeout_s: float) -> list[Any]:
+    """Each rank's report, in rank order; a rank that dies or stays silent is an error naming it
+    (a bare ``recv`` would wait for it forever)."""
+    from multiprocessing.connection import wait
+
+    deadline = time.monotonic() + timeout_s
+    pending = dict(enumerate(readers))
+    got: dict[int, Any] = {}
+    while pending:
+        ready = wait(list(pending.values()), timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise RuntimeError(f"all-reduce ranks {sorted(pending)} did not report within "
+                               f"{timeout_s:g} s")
+        for rank in [r for r, conn in pending.items() if conn in ready]:
+            try:
+                got[rank] = pending.pop(rank).recv()
+            except EOFError:
+                procs[rank].join(5)
+                raise RuntimeError(f"all-reduce rank {rank} died before reporting (exit code "
+                                   f"{procs[rank].exitcode})") from None
+    return [got[r] for r in range(len(readers))]
+
+
 class NUMATensorParallelBenchmark:
     """The proposal's benchmark class, on numaplan's measured runtime.
 
@@ -104,7 +129,9 @@ class NUMATensorParallelBenchmark:
     ----------
     config
         A dict or an :class:`numaplan.engine.EngineConfig`-like object with
-        ``tensor_parallel_shards`` and ``numa_tensor_parallel`` (or ``enable_numa_tp``).
+        ``tensor_parallel_shards`` and ``numa_tensor_parallel`` (or ``enable_numa_tp``);
+        optionally ``dtype``, ``iters`` and ``timeout_s`` (how long the all-reduce benchmark
+        waits for its ranks' results, default 600).
     """
 
     def __init__(self, config: Any = None) -> None:
@@ -115,6 +142,10 @@ class NUMATensorParallelBenchmark:
         self.enable_numa_tp = bool(get("numa_tensor_parallel", get("enable_numa_tp", True)))
         self.dtype = str(get("dtype", "float16"))
         self.iters = int(get("iters", 2000))
+        self.timeout_s = float(get("timeout_s", 600))
+
+    #: What each rank process runs (a module-level function: spawned processes import it).
+    rank_main = staticmethod(_rank_main)
 
     def run_allreduce_benchmark(self, sizes: Sequence[int] = DEFAULT_SIZES,
                                 algorithms: Sequence[str] = ALGORITHMS[:2]
@@ -127,19 +158,25 @@ class NUMATensorParallelBenchmark:
         ns = new_namespace("bench")
         ctx = mp.get_context("spawn")
         pipes = [ctx.Pipe(duplex=False) for _ in range(W)]
-        procs = [ctx.Process(target=_rank_main, args=(r, cpus[r % len(cpus)], ns, W,
-                                                      list(sizes), self.dtype, list(algorithms),
-                                                      self.iters, pipes[r][1]))
+        procs = [ctx.Process(target=self.rank_main, args=(r, cpus[r % len(cpus)], ns, W,
+                                                          list(sizes), self.dtype,
+                                                          list(algorithms), self.iters,
+                                                          pipes[r][1]))
                  for r in range(W)]
+        got = None
         try:
             for p in procs:
                 p.start()
-            got = [pipes[r][0].recv() for r in range(W)]
+            for _, send in pipes:
+                send.close()  # a rank that dies then closes the last writer: its reader sees EOF
+            got = _collect(procs, [recv for recv, _ in pipes], self.timeout_s)
         finally:
             for p in procs:
-                p.join(30)
+                # After a failure the others wait on the missing rank: do not wait for them.
+                p.join(30 if got is not None else 0)
                 if p.is_alive():
                     p.kill()
+                    p.join()
             cleanup(ns)
         for status, payload in got:
             if status != "ok":
@@ -168,7 +205,7 @@ class NUMATensorParallelBenchmark:
             print(f"\n== {name}")
             if not isinstance(r, dict):
                 print(f"  {r}")
-            elif r.get("benchmark") == "allreduce":
+            elif r.get("benchmark") == "allreduce" and "rows" in r:
                 print(f"{r['world_size']} ranks, {r['dtype']}"
                       + (" (more ranks than CPUs: oversubscribed)" if r["oversubscribed"]
                          else ""))
@@ -190,10 +227,11 @@ def bench_planner() -> dict[str, Any]:
     from numaplan.plan import PlanOptions, make_plan
     from numaplan.topology import read_sample
 
-    d = Path(tempfile.mkdtemp()) / "llama3-70b"
-    write_hf_config(d, "llama3-70b")
-    t0 = time.perf_counter()
-    wl = load_workload(d, quantization="q4f16_1")
+    with tempfile.TemporaryDirectory(prefix="numaplan-bench-") as tmp:
+        d = Path(tmp) / "llama3-70b"
+        write_hf_config(d, "llama3-70b")
+        t0 = time.perf_counter()
+        wl = load_workload(d, quantization="q4f16_1")
     topo = read_sample("epyc")
     planned = make_plan(wl, topo, cost_from_slit(topo), PlanOptions(tensor_parallel_shards=8),
                         model_name="70b")
@@ -321,16 +359,17 @@ def bench_decode(model_dir: Path, w: int, numa: bool, tokens: int) -> dict[str, 
             else 1e3 * s.collective_s_per_step}
 
 
-def plot(results: dict[str, Any], path: str) -> None:
-    """All-reduce latency vs message size, one line per algorithm."""
+def plot(results: dict[str, Any], path: str) -> bool:
+    """All-reduce latency vs message size, one line per algorithm; False (nothing drawn) when
+    the all-reduce stage did not run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     r = results["results"].get("allreduce")
-    if not r:
-        return
+    if not r or "rows" not in r:
+        return False
     fig, ax = plt.subplots(figsize=(6, 4))
     for algo in sorted({row["algorithm"] for row in r["rows"]}):
         rows = sorted((x for x in r["rows"] if x["algorithm"] == algo), key=lambda x: x["bytes"])
@@ -346,56 +385,179 @@ def plot(results: dict[str, Any], path: str) -> None:
         # The format follows the file name, as savefig(path) would choose it.
         fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=100)
     plt.close(fig)
+    return True
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="numaplan bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--tensor-parallel-shards", type=int, default=2)
-    ap.add_argument("--enable-numa-tp", action="store_true")
-    ap.add_argument("--output-file", metavar="JSON")
-    ap.add_argument("--png", metavar="FILE")
-    ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
-                    help="all-reduce sizes in elements")
-    ap.add_argument("--only", default="allreduce,planner,load,decode")
-    ap.add_argument("--tokens", type=int, default=16)
-    args = ap.parse_args(argv)
-    want = set(args.only.split(","))
+#: The stages, in the order they run (``--only`` picks a subset).
+STAGES = ("allreduce", "planner", "load", "decode")
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise ValueError(text)
+    return n
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    sizes = tuple(int(s) for s in text.split(","))
+    if not sizes or min(sizes) < 1:
+        raise ValueError(text)
+    return sizes
+
+
+def _stages(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [n for n in names if n not in STAGES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown stage {','.join(unknown) or text!r}; "
+                                         f"choose from {','.join(STAGES)}")
+    return names
+
+
+# argparse names the type in its message: "invalid positive integer value: '0'".
+_positive.__name__ = "positive integer"
+_sizes.__name__ = "list of sizes"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The suite's options, the same for ``numaplan bench`` and ``python -m numaplan.bench``.
+
+    The first three are the MLC proposal's benchmark command's.
+    """
+    parser.add_argument("--tensor-parallel-shards", type=_positive, default=2, metavar="W",
+                        help="ranks of the all-reduce and workers of the decode stage "
+                             "(default 2)")
+    parser.add_argument("--enable-numa-tp", action="store_true",
+                        help="decode with numaplan's placement enforced (default: the same "
+                             "workers without placement)")
+    parser.add_argument("--output-file", metavar="JSON",
+                        help="write the results, the machine and the method here (written "
+                             "even when a stage is skipped or fails)")
+    parser.add_argument("--png", metavar="FILE",
+                        help="draw the all-reduce latencies to this picture (needs matplotlib: "
+                             "pip install 'numaplan[plot]')")
+    parser.add_argument("--sizes", type=_sizes, default=DEFAULT_SIZES, metavar="N,N,...",
+                        help="all-reduce message sizes in elements (default "
+                             f"{','.join(map(str, DEFAULT_SIZES))})")
+    parser.add_argument("--iters", type=_positive, default=2000, metavar="N",
+                        help="timed all-reduces per size and algorithm (default 2000)")
+    parser.add_argument("--only", type=_stages, default=STAGES, metavar="STAGE,...",
+                        help=f"run only these stages (default {','.join(STAGES)})")
+    parser.add_argument("--tokens", type=_positive, default=16, metavar="N",
+                        help="decode steps measured (default 16)")
+
+
+def _stage(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    W = args.tensor_parallel_shards
+    if name == "allreduce":
+        b = NUMATensorParallelBenchmark({"tensor_parallel_shards": W, "iters": args.iters,
+                                         "enable_numa_tp": args.enable_numa_tp})
+        return b.run_allreduce_benchmark(args.sizes)
+    if name == "planner":
+        return bench_planner()
+    if name == "load":
+        # Loading is measured on the bandwidth-bound size: on a few MB fixed costs dominate.
+        return bench_load(_example_model(tmp, "bench"))
+    return bench_decode(_example_model(tmp), W, args.enable_numa_tp, args.tokens)
+
+
+_STAGE_TITLE = {"allreduce": "all-reduce, {W} ranks", "planner": "planner scale (70B-shaped, "
+                "W=8, 8 nodes)", "load": "shard loading throughput (example model, bench "
+                "size, ~210 MB of files)", "decode": "decode, W={W}, placement {numa}"}
+
+
+def _writable(path: str | None) -> None:
+    """Create the output's directory now, so a bad path fails before minutes of measuring."""
+    if path is None:
+        return
+    try:
+        Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NumaplanError(f"cannot write here: {exc.strerror}", path=path) from None
+    if Path(path).is_dir():
+        raise NumaplanError("is a directory, expected a file name", path=path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the stages ``args`` asks for (parsed by :func:`add_arguments`'s options).
+
+    A stage that cannot run at this W (a :class:`~numaplan.errors.NumaplanError`, such as a W
+    that does not divide the example model's KV heads) is skipped, its reason recorded; a stage
+    that crashes is recorded with its error. The results are written either way.
+
+    Returns
+    -------
+    int
+        0, or 1 when a stage failed (not skipped).
+
+    Raises
+    ------
+    NumaplanError
+        Before any stage runs: ``--output-file`` or ``--png`` cannot be written, or ``--png``
+        without matplotlib.
+    """
+    _writable(args.output_file)
+    _writable(args.png)
+    if args.png and importlib.util.find_spec("matplotlib") is None:
+        raise NumaplanError("--png needs matplotlib: pip install 'numaplan[plot]'")
+    W = args.tensor_parallel_shards
     t_start = time.perf_counter()
     results: dict[str, Any] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="numaplan-bench-"))
-    W = args.tensor_parallel_shards
-    if "allreduce" in want:
-        _progress(f"all-reduce, {W} ranks, sizes {args.sizes}")
-        b = NUMATensorParallelBenchmark({"tensor_parallel_shards": W,
-                                         "enable_numa_tp": args.enable_numa_tp})
-        results["allreduce"] = b.run_allreduce_benchmark([int(s) for s in args.sizes.split(",")])
-    if "planner" in want:
-        _progress("planner scale (70B-shaped, W=8, 8 nodes)")
-        results["planner"] = bench_planner()
-    model = None
-    if "decode" in want:
-        _progress("building the example model")
-        model = _example_model(tmp)
-    if "load" in want:
-        # Loading is measured on the bandwidth-bound size: on a few MB fixed costs dominate.
-        _progress("shard loading throughput (example model, bench size, ~210 MB of files)")
-        results["load"] = bench_load(_example_model(tmp, "bench"))
-    if "decode" in want and model is not None:
-        _progress(f"decode, W={W}, placement {'on' if args.enable_numa_tp else 'off'}")
-        results["decode"] = bench_decode(model, W, args.enable_numa_tp, args.tokens)
     doc = {"numaplan_version": __version__, "commit": _commit(), "machine": machine_info(),
            "model": "numaplan.tiny_llama default (q0f32)", "method": {
                "tensor_parallel_shards": W, "enable_numa_tp": args.enable_numa_tp,
-               "statistic": "median over iterations after warm-up"},
-           "wall_s": round(time.perf_counter() - t_start, 1), "results": results}
+               "statistic": "median over iterations after warm-up"}, "results": results}
+    failed = False
+    # The example models and their libraries: up to ~200 MB, removed however the run ends.
+    tmp_dir = tempfile.TemporaryDirectory(prefix="numaplan-bench-")
+    tmp = Path(tmp_dir.name)
+    try:
+        for name in STAGES:
+            if name not in args.only:
+                continue
+            _progress(_STAGE_TITLE[name].format(W=W, numa="on" if args.enable_numa_tp
+                                                else "off"))
+            try:
+                results[name] = _stage(name, args, tmp)
+            except NumaplanError as exc:
+                results[name] = {"benchmark": name, "skipped": str(exc)}
+                _progress(f"{name} skipped at W={W}: {exc}")
+            except Exception as exc:  # recorded, and the other stages still run
+                results[name] = {"benchmark": name, "error": f"{type(exc).__name__}: {exc}"}
+                _progress(f"{name} failed: {type(exc).__name__}: {exc}")
+                failed = True
+    finally:
+        tmp_dir.cleanup()
+        # Also on ^C: what was measured so far is kept.
+        doc["wall_s"] = round(time.perf_counter() - t_start, 1)
+        if args.output_file:
+            write_atomic(args.output_file, json.dumps(doc, indent=2) + "\n")
+            _progress(f"wrote {args.output_file}")
     NUMATensorParallelBenchmark.print_results(doc)
-    if args.output_file:
-        write_atomic(args.output_file, json.dumps(doc, indent=2) + "\n")
-        _progress(f"wrote {args.output_file}")
     if args.png:
-        plot(doc, args.png)
-        _progress(f"wrote {args.png}")
-    return 0
+        _progress(f"wrote {args.png}" if plot(doc, args.png) else
+                  f"{args.png} not drawn: the all-reduce stage did not run")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m numaplan.bench``: parse, run, and report a user error in one line.
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name (default: ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(prog="python -m numaplan.bench",
+                                     description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except NumaplanError as exc:
+        print(f"numaplan bench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

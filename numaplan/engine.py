@@ -329,16 +329,17 @@ class Engine:
         if src is None:
             raise NumaplanError(f"no model_lib given and no library can be built: {why_not}",
                                 path=self.config.model)
+        from numaplan.passes.build import library_name, library_sources_digest
+
         opts, cost = resolve_settings(self.plan_settings(), self.workload, self.topology)
         # Keyed on stable inputs (not on the plan file: it records free memory, which moves).
         key = hashlib.sha256(json.dumps({
             "numaplan": __version__, "model": self.workload.fingerprint,
             "topology": self.topology.fingerprint(), "cost": cost.fingerprint(),
-            "options": opts.model_dump(mode="json"), "builder": src.builder,
-            "builder_source": _source_digest(src),
+            "options": opts.model_dump(mode="json"),
+            "sources": library_sources_digest(self.config.model, src),
         }, sort_keys=True).encode()).hexdigest()[:24]
         out = Path(self.config.cache_dir or default_cache_dir()) / key
-        from numaplan.passes.build import library_name
 
         name = Path(self.config.model).resolve().name
         lib = out / library_name(name)
@@ -531,22 +532,3 @@ def _placement_for_new_tensor(plan: Any, quantization: str, name: str, shape: tu
             "piece_nbytes": nbytes, "homes": [{"node_id": home, "nbytes": nbytes}],
             "local": home == w.mem_node_id, "planned": False, "why": why}
 
-
-def _source_digest(src: Any) -> str:
-    """Hash of everything that shapes a library: the builder's module file, numaplan's model
-    definitions and kernels (``numaplan/nn``) and its passes (``numaplan/passes``), so an edit
-    to any of them builds a new library instead of reusing a stale one."""
-    import importlib.util
-
-    h = hashlib.sha256()
-    pkg = Path(__file__).parent
-    for path in sorted([*(pkg / "nn").glob("*.py"), *(pkg / "passes").glob("*.py")]):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    try:
-        spec = importlib.util.find_spec(src.module_name)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.origin and Path(spec.origin).exists():
-        h.update(Path(spec.origin).read_bytes())
-    return h.hexdigest()

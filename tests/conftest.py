@@ -22,3 +22,11 @@ settings.load_profile(os.environ.get("NUMAPLAN_HYPOTHESIS_PROFILE")
 def topo_file():
     """Return the path of a sample topology dump by short name (they ship with the package)."""
     return sample_path
+
+
+@pytest.fixture
+def matplotlib_extra():
+    """matplotlib, or a skip that names the ``plot`` extra: ``pip install -e '.[test]'`` alone
+    must give a green run, and ``-ra`` prints the reason."""
+    return pytest.importorskip("matplotlib",
+                               reason="drawing needs the plot extra: pip install -e '.[plot]'")

@@ -21,3 +21,11 @@ def test_pyproject_reads_the_version_from_the_package():
 
 def test_installed_metadata_and_package_agree():
     assert numaplan.__version__ == __version__ == importlib.metadata.version("numaplan")
+
+
+def test_license_is_an_spdx_expression():
+    # A TOML table is deprecated since setuptools 77 and every build printed a page about it
+    # (the wheel test checks the build output is free of such warnings).
+    doc = tomllib.loads(PYPROJECT.read_text())
+    assert doc["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in doc["build-system"]["requires"]

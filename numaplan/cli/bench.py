@@ -1,4 +1,4 @@
-"""``numaplan bench``: the benchmark suite (same as ``python -m numaplan.bench``)."""
+"""``numaplan bench``: the benchmark suite, with the options of ``python -m numaplan.bench``."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from numaplan.cli.help import HELP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help=HELP["bench"], description=HELP["bench"],
-                       add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    from numaplan.bench import add_arguments
+
+    p = sub.add_parser("bench", help=HELP["bench"], description=HELP["bench"])
+    add_arguments(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from numaplan.bench import main
+    from numaplan.bench import run
 
-    return main(args.bench_args)
+    return run(args)

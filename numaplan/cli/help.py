@@ -117,6 +117,6 @@ HELP.update({
 })
 
 HELP.update({
-    "bench": "run the benchmark suite (all-reduce, planner, load, decode); "
-             "`numaplan bench --help` for its options",
+    "bench": "run the benchmark suite (all-reduce, planner, load, decode); the options are "
+             "those of `python -m numaplan.bench`",
 })

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -34,14 +37,94 @@ def library_name(model_name: str, target_kind: str = "llvm") -> str:
     return f"{model_name}-numa-{target_kind}.so"
 
 
+#: The parts of numaplan that shape a library: the planning chain (the plan is compiled into
+#: it), the model definitions and the example model's builder, the passes, and the collective's
+#: ABI that the lowered calls follow. The runtime, the CLI and the text layer only use a library.
+SHAPING = ("topology", "cost", "model", "plan", "nn", "passes", "tiny_llama", "ccl_abi.py")
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def _package_digest(root: Path) -> str:
+    """sha256 of the :data:`SHAPING` sources under ``root``, read once per process."""
+    h = hashlib.sha256()
+    for part in SHAPING:
+        path = root / part
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0")
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def library_sources_digest(model_dir: str | Path, src: RelaxSource, *,
+                           target: str | dict = "llvm") -> str:
+    """sha256 of the code and tools that turn a plan into a library.
+
+    A library cache keyed on this (with the plan's own inputs) is never reused after an edit of
+    numaplan's planner, model definitions, passes or collective ABI, of the model's builder or
+    the config it reads, or after a TVM upgrade, and never on a CPU its target was not tuned
+    for.
+
+    Parameters
+    ----------
+    model_dir
+        The model directory: its config (``src.config``), and its ``import_root`` may hold the
+        builder.
+    src
+        The directory's builder.
+    target
+        As :func:`build_library` takes it; the resolved target (with ``mcpu``) is hashed.
+
+    Returns
+    -------
+    str
+        Hex digest.
+    """
+    from numaplan.passes.schedules import resolve_target
+
+    h = hashlib.sha256()
+    for part in (_package_digest(PACKAGE), f"tvm {tvm.__version__}", str(resolve_target(target)),
+                 src.builder):
+        h.update(part.encode() + b"\0")
+    # The config the builder reads: rope, norm epsilon, chunk sizes are not in the workload's
+    # fingerprint, yet they are compiled in.
+    for path in (_builder_file(Path(model_dir), src), Path(model_dir) / src.config):
+        if path is not None and path.is_file():
+            h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _builder_file(model_dir: Path, src: RelaxSource) -> Path | None:
+    """The builder module's source file, found as :func:`_import_builder` imports it."""
+    try:
+        spec = importlib.util.find_spec(src.module_name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin and Path(spec.origin).is_file():
+        return Path(spec.origin)
+    root = _import_root(model_dir, src)
+    if root is None:
+        return None
+    stem = root.joinpath(*src.module_name.split("."))
+    return next((f for f in (stem.with_suffix(".py"), stem / "__init__.py") if f.is_file()), None)
+
+
+def _import_root(model_dir: Path, src: RelaxSource) -> Path | None:
+    root = src.import_root
+    if not root:
+        return None
+    return (model_dir / root).resolve() if not Path(root).is_absolute() else Path(root)
+
+
 def _import_builder(model_dir: Path, src: RelaxSource):
     try:
         module = importlib.import_module(src.module_name)
     except ModuleNotFoundError:
-        root = src.import_root
-        if not root:
+        root_path = _import_root(model_dir, src)
+        if root_path is None:
             raise
-        root_path = (model_dir / root).resolve() if not Path(root).is_absolute() else Path(root)
+        root = src.import_root
         if not root_path.is_dir():
             raise BuildError(f"import_root {root} is not a directory",
                              path=model_dir / SOURCE_FILE) from None

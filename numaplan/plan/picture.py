@@ -150,6 +150,17 @@ def _edge_point(center: tuple[float, float], toward: tuple[float, float],
     return cx + dx * t, cy + dy * t
 
 
+def _source_name(source: str) -> str:
+    """The topology source without its directory (``numactl:/x/y/epyc.txt`` ->
+    ``numactl:epyc.txt``): the picture is shared, and where the file lay on the machine that drew
+    it is noise there."""
+    kind, sep, path = source.partition(":")
+    if not sep or "/" in kind:
+        kind, sep, path = "", "", source
+    name = Path(path).name
+    return f"{kind}{sep}{name}" if name else source
+
+
 def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n - 3] + "..."
 
@@ -213,7 +224,8 @@ def render_plan_png(plan: Plan, path: str | Path, *, dpi: int = 110) -> Path:
                                          subsequent_indent="    ", break_on_hyphens=False)]
     m = plan.model
     title = textwrap.wrap(f"{m.name} ({m.quantization}), W={plan.request.tensor_parallel_shards}"
-                          f", on {plan.topology.source}", int((fig_w - 0.6) * 9))
+                          f", on {_source_name(plan.topology.source)}",
+                          int((fig_w - 0.6) * 9))
     caption_h = 0.42 * len(caption) + 0.4
     title_h = 0.5 + 0.45 * len(title)
     fig = Figure(figsize=(fig_w, (height + caption_h + title_h + 0.6) * _INCH_PER_UNIT),
