@@ -19,7 +19,13 @@ from pathlib import Path
 
 from numaplan.errors import TopologyError
 from numaplan.topology.cpulist import parse_cpulist, parse_cpumask, parse_numactl_cpus
-from numaplan.topology.model import SLIT_CROSS_SOCKET, SLIT_LOCAL, Node, Topology, build_topology
+from numaplan.topology.model import (
+    SLIT_LOCAL,
+    Node,
+    Topology,
+    assumed_distances,
+    build_topology,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +154,7 @@ def parse_numactl(text: str, *, source: str = "numactl") -> Topology:
         nodes.append(Node(node_id=nid, cpus=cpus, mem_total_bytes=total, mem_free_bytes=free))
     assumed = k < len(lines) and lines[k][1] == _NO_DISTANCES
     if assumed:
-        distances = _assumed_distances(node_ids)
+        distances = assumed_distances(node_ids)
     elif k < len(lines) and lines[k][1] == "node distances:":
         distances = _parse_distances(lines, k, node_ids, source)
     else:
@@ -174,12 +180,6 @@ def _size(value: str, source: str, nid: int, key: str) -> int | None:
     if not m:
         raise TopologyError(f"node {nid} {key}: {_show(value)} is not a size in MB", path=source)
     return int(m.group(1)) * _UNITS[m.group(2)]
-
-
-def _assumed_distances(node_ids: tuple[int, ...] | list[int]) -> tuple[tuple[int, ...], ...]:
-    """10 local, 20 remote: what Linux itself assumes when firmware gives no SLIT."""
-    return tuple(tuple(SLIT_LOCAL if a == b else SLIT_CROSS_SOCKET for b in node_ids)
-                 for a in node_ids)
 
 
 def _parse_distances(lines: list[tuple[int, str]], k: int, node_ids: tuple[int, ...],
@@ -295,7 +295,7 @@ def parse_lscpu(text: str, *, source: str = "lscpu") -> Topology:
     ids = sorted(cpus)
     nodes = tuple(Node(node_id=n, cpus=cpus[n]) for n in ids)
     return build_topology(
-        source, source=f"lscpu:{source}", nodes=nodes, distances=_assumed_distances(ids),
+        source, source=f"lscpu:{source}", nodes=nodes, distances=assumed_distances(ids),
         distances_assumed=True, allowed_cpus=tuple(sorted(c for n in nodes for c in n.cpus)),
         allowed_mem_node_ids=tuple(ids), cpu_model=model,
     )
