@@ -92,6 +92,8 @@ def parse_hwloc_xml(text: str | bytes, *, source: str = "hwloc") -> Topology:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
         raise TopologyError(f"not XML, or cut short: {exc}", path=source) from None
+    except LookupError as exc:  # an encoding declaration Python does not know
+        raise TopologyError(f"not readable XML: {exc}", path=source) from None
     if root.tag != "topology":
         raise TopologyError(f"not hwloc XML: the root element is <{root.tag[:40]}>, expected "
                             f"<topology>", path=source)
