@@ -261,8 +261,16 @@ def test_hugging_face_config(mlc_dir, data):
 PLAN_SEEDS = [p.read_bytes() for p in sorted(GOLDEN.glob("*.plan.json"))[:3]]
 
 
+def _edited(seed: bytes, edit: Callable[[dict], object]) -> bytes:
+    doc = json.loads(seed)
+    edit(doc)
+    return json.dumps(doc).encode()
+
+
 @FUZZ
 @given(data=st.sampled_from(PLAN_SEEDS).flatmap(corruptions))
+@example(data=_edited(PLAN_SEEDS[2], lambda d: d["collectives"]["intra_node_groups"].__setitem__(
+    0, [])))
 def test_plan_json(work, data):
     path = work / "plan.json"
     path.write_bytes(data)
