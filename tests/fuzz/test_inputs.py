@@ -12,10 +12,11 @@ Every failure a search found is pinned with ``@example`` beside its test.
 
 from __future__ import annotations
 
-import copy
+import functools
 import io
 import json
 import os
+import shutil
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -24,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from numaplan.cli.main import exit_code
+from numaplan.cli.main import exit_code, main
 from numaplan.cost import cost_from_slit
 from numaplan.model import load_workload, read_hf_config
 from numaplan.plan import read_plan
@@ -36,8 +37,8 @@ from tests.model.mlc_fixtures import write_mlc_dir
 from tests.topology.test_pasted import LSCPU
 
 _CI = bool(os.environ.get("CI")) or os.environ.get("NUMAPLAN_HYPOTHESIS_PROFILE") == "ci"
-#: Examples per reader: the issue asks for at least 1000 in CI.
-EXAMPLES = 1000 if _CI else 100
+#: Examples per reader: at least 1000 in CI; NUMAPLAN_HYPOTHESIS_EXAMPLES asks for more.
+EXAMPLES = max(1000 if _CI else 100, int(os.environ.get("NUMAPLAN_HYPOTHESIS_EXAMPLES", 0)))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.large_base_example])
@@ -87,42 +88,46 @@ JSON_VALUES = st.one_of(
 )
 
 
-def _slots(doc: object, out: list) -> list:
-    """Every (container, key) of a decoded JSON document."""
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out.append((doc, k))
-            _slots(v, out)
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out.append((doc, i))
-            _slots(v, out)
-    return out
+@st.composite
+def _slot(draw: st.DrawFn, doc: dict | list) -> tuple[dict | list, object] | None:
+    """A (container, key) of a decoded JSON document, found by a random walk from the root
+    (cheap on large documents, and shallow and deep slots alike get drawn)."""
+    container: dict | list = doc
+    while True:
+        keys = list(container) if isinstance(container, dict) else list(range(len(container)))
+        if not keys:
+            return None
+        key = draw(st.sampled_from(keys))
+        value = container[key]  # type: ignore[index]
+        if not isinstance(value, dict | list) or not value or draw(st.booleans()):
+            return container, key
+        container = value
 
 
 @st.composite
-def json_edits(draw: st.DrawFn, seed: object) -> bytes:
-    """``seed`` with one to three values replaced or removed, encoded again."""
-    doc = copy.deepcopy(seed)
+def json_edits(draw: st.DrawFn, seed: bytes) -> bytes:
+    """The JSON document ``seed`` with one to three values replaced or removed, encoded again."""
+    doc = json.loads(seed)  # a fresh copy to edit (faster than deep-copying a decoded one)
     for _ in range(draw(st.integers(1, 3))):
-        slots = _slots(doc, [])
-        if not slots:
+        slot = draw(_slot(doc)) if isinstance(doc, dict | list) else None
+        if slot is None:
             break
-        container, key = draw(st.sampled_from(slots))
+        container, key = slot
         if draw(st.booleans()):
-            del container[key]
+            del container[key]  # type: ignore[arg-type]
         else:
-            container[key] = draw(JSON_VALUES)
+            container[key] = draw(JSON_VALUES)  # type: ignore[index]
     return json.dumps(doc).encode()
 
 
+@functools.cache
 def corruptions(seed: bytes) -> st.SearchStrategy[bytes]:
     """Byte edits of ``seed``, plus document edits when it is JSON."""
     try:
-        doc = json.loads(seed)
+        json.loads(seed)
     except ValueError:
         return byte_edits(seed)
-    return st.one_of(byte_edits(seed), json_edits(doc))
+    return st.one_of(byte_edits(seed), json_edits(seed))
 
 
 # -- the check ----------------------------------------------------------------------------------
@@ -323,3 +328,58 @@ def test_gguf_header(work, gguf_seed, data):
     path = work / "model.gguf"
     path.write_bytes(data.draw(byte_edits(seed, focus=header)))
     check_outcome(mapped(lambda: GGUFModel(path).model_config()), path)
+
+
+# -- commands that write: nothing is left behind by a failure ----------------------------------
+
+#: The writing commands plan or convert when a corruption leaves the input valid (~0.1 s), so
+#: they draw fewer examples; the readers above take the 1000.
+WRITERS = settings(FUZZ, max_examples=50 if _CI else 15)
+HSW = read_sample("hsw")
+
+
+def _fresh(directory: Path) -> Path:
+    shutil.rmtree(directory, ignore_errors=True)
+    return directory
+
+
+@WRITERS
+@given(which=st.sampled_from(("mlc-chat-config.json", "tensor-cache.json", "cost.json",
+                              "numactl.txt")), data=st.data())
+def test_compile_writes_all_or_nothing(work, mlc_dir, which, data):
+    cost, topo = work / "compile-cost.json", work / "compile-numactl.txt"
+    cost.write_text(cost_from_slit(HSW, penalty=0.5).to_json())
+    topo.write_bytes(sample_path("hsw").read_bytes())
+    path = {"cost.json": cost, "numactl.txt": topo}.get(which, mlc_dir / which)
+    good = path.read_bytes()
+    path.write_bytes(data.draw(corruptions(good)))
+    out = _fresh(work / "compiled")
+    try:
+        check_outcome(lambda: main(["compile", str(mlc_dir), "--no-build", "-o", str(out),
+                                    "--numactl-file", str(topo), "--cost", str(cost)]),
+                      path, out=out, named=mlc_dir if path.parent == mlc_dir else path)
+    finally:
+        path.write_bytes(good)
+
+
+@WRITERS
+@given(data=st.sampled_from(NUMACTL_SEEDS).flatmap(corruptions))
+def test_topology_output_all_or_nothing(work, data):
+    path = work / "numactl-out.txt"
+    path.write_bytes(data)
+    out = _fresh(work / "topology-out")
+    out.mkdir()
+    check_outcome(lambda: main(["topology", "--numactl-file", str(path), "--json", "-o",
+                                str(out / "topology.json")]), path, out=out)
+
+
+@WRITERS
+@given(data=st.data())
+def test_convert_writes_all_or_nothing(work, gguf_seed, data):
+    seed, header = gguf_seed
+    path = work / "convert.gguf"
+    path.write_bytes(data.draw(byte_edits(seed, focus=header)))
+    out = _fresh(work / "converted")
+    code = check_outcome(lambda: main(["convert", str(path), "-o", str(out)]), path, out=out)
+    if code:
+        assert not out.exists() or not any(out.iterdir()), "a failed convert left a directory"
