@@ -12,6 +12,7 @@ Every failure a search found is pinned with ``@example`` beside its test.
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import json
@@ -116,7 +117,8 @@ def json_edits(draw: st.DrawFn, seed: bytes) -> bytes:
         if draw(st.booleans()):
             del container[key]  # type: ignore[arg-type]
         else:
-            container[key] = draw(JSON_VALUES)  # type: ignore[index]
+            # A copy: the sampled lists and dicts are shared, and a later edit may reach inside.
+            container[key] = copy.deepcopy(draw(JSON_VALUES))  # type: ignore[index]
     return json.dumps(doc).encode()
 
 
