@@ -301,6 +301,7 @@ TWO_SOCKETS = synthetic_topology(sockets=2)
 
 @FUZZ
 @given(data=corruptions(FULL_RUN.encode()))
+@example(data=FULL_RUN.replace(" 141.0\n       1\t 141.5\t  81.5", " 141.81.5").encode())
 def test_intel_mlc_output(work, data):
     path = work / "mlc.txt"
     path.write_bytes(data)
