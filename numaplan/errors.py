@@ -39,8 +39,8 @@ class UsageError(NumaplanError):
 
 
 class TopologyError(NumaplanError):
-    """A topology source (sysfs, ``numactl -H``, ``lscpu``, JSON) is missing, truncated or
-    inconsistent."""
+    """A topology source (sysfs, ``numactl -H``, ``lscpu``, hwloc XML, JSON) is missing,
+    truncated or inconsistent."""
 
 
 class CostModelError(NumaplanError):

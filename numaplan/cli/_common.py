@@ -18,13 +18,15 @@ def add_topology_args(p: argparse.ArgumentParser) -> None:
     x.add_argument("--sysfs-root", metavar="DIR", help=HELP["sysfs_root"])
     x.add_argument("--numactl-file", metavar="FILE", help=HELP["numactl_file"])
     x.add_argument("--lscpu-file", metavar="FILE", help=HELP["lscpu_file"])
+    x.add_argument("--hwloc-file", metavar="XML", help=HELP["hwloc_file"])
     x.add_argument("--topology", metavar="JSON", help=HELP["topology_json"])
 
 
 def topology_from_args(args: argparse.Namespace) -> Topology:
     """Load the topology the options name."""
     return load_topology(json_path=args.topology, sysfs_root=args.sysfs_root,
-                         numactl_file=args.numactl_file, lscpu_file=args.lscpu_file)
+                         numactl_file=args.numactl_file, lscpu_file=args.lscpu_file,
+                         hwloc_file=args.hwloc_file)
 
 
 def emit(text: str, output: str | None) -> None:

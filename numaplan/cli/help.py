@@ -10,6 +10,7 @@ HELP = {
     "numactl_file": "read the topology from saved `numactl -H` output",
     "lscpu_file": ("read the topology from saved `lscpu` output "
                    "(no memory sizes, assumed distances)"),
+    "hwloc_file": "read the topology from hwloc 2.x XML (`lstopo --of xml`)",
     "topology_json": "read a topology JSON written by `numaplan topology --json`",
     "json": "print JSON instead of a table",
     "output": "write the result to this file (atomically)",

@@ -13,7 +13,7 @@ import importlib
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from numaplan._version import __version__
 from numaplan.cli.help import HELP
@@ -73,20 +73,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv
         Arguments without the program name (default: ``sys.argv[1:]``).
     """
-    debug = False
-    try:
+    args: argparse.Namespace | None = None
+
+    def command() -> int:
+        nonlocal args
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
         except _UsageError as exc:
             print(f"{exc}\n(see `numaplan --help`)", file=sys.stderr)
             return EXIT_USAGE
-        debug = args.debug
         _setup_logging(args.verbose)
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
         return int(args.run(args) or 0)
+
+    return exit_code(command, debug=lambda: args is not None and args.debug)
+
+
+def exit_code(call: Callable[[], int | None], *, debug: Callable[[], bool] = lambda: False
+              ) -> int:
+    """Run ``call`` and map its outcome to an exit code, reporting an error in one line.
+
+    The one place errors become exit codes: :func:`main` runs every command through it, and the
+    input fuzz tests run each file reader through it.
+
+    Parameters
+    ----------
+    call
+        The work; its return value (``None`` meaning 0) is the exit code when it returns.
+    debug
+        Asked after an internal error: whether to print its traceback (``--debug``).
+    """
+    try:
+        return int(call() or 0)
     except NumaplanError as exc:
         print(f"numaplan: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -96,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:
-        if debug:
+        if debug():
             traceback.print_exc()
         print(f"numaplan: internal error: {type(exc).__name__}: {exc} "
               f"(a bug; rerun with --debug for a traceback and please report it)", file=sys.stderr)

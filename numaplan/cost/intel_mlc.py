@@ -25,7 +25,8 @@ from numaplan.errors import CostModelError
 from numaplan.topology import Topology
 
 _HEADER = re.compile(r"^\s*Numa node((?:\s+\d+)+)\s*$")
-_ROW = re.compile(r"^\s*(\d+)((?:\s+(?:[\d.]+|-|N/A))+)\s*$")
+# A value is a decimal number (MLC prints "82.1", "79670.3"), or "-" / "N/A" for no figure.
+_ROW = re.compile(r"^\s*(\d+)((?:\s+(?:\d+(?:\.\d+)?|-|N/A))+)\s*$")
 
 
 def parse_mlc_matrix(text: str, kind: str, *, source: str = "mlc") -> dict[tuple[int, int], float]:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from numaplan._io import read_json, write_atomic
 from numaplan.errors import PlanFormatError, SchemaVersionError
+from numaplan.model.config import first_error
 from numaplan.plan.schema import SCHEMA_CHANGES, SCHEMA_VERSION, Plan, plan_text
 
 PLAN_FILE = "numa-plan.json"
@@ -58,9 +59,7 @@ def plan_from_dict(doc: Any, *, source: str | None = None) -> Plan:
     try:
         return Plan.model_validate(doc)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise PlanFormatError(f"{loc}: {err['msg']}", path=source) from None
+        raise PlanFormatError(first_error(exc), path=source) from None
 
 
 def read_plan(path: str | Path) -> Plan:

@@ -14,7 +14,7 @@ import json
 import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from numaplan._base import Frozen
 
@@ -226,6 +226,21 @@ class Plan(Frozen):
     collectives: PlanCollectives
     prediction: PlanPrediction
     tensors: tuple[PlanTensor, ...]
+
+    @model_validator(mode="after")
+    def _workers_and_groups(self) -> Plan:
+        # What the runtime, the collective and the tables index by: worker w is workers[w], and
+        # every worker is in exactly one non-empty intra-node group.
+        ids = [w.worker_id for w in self.workers]
+        if ids != list(range(len(ids))):
+            raise ValueError(f"workers must be numbered 0..{len(ids) - 1} in order, got {ids}")
+        grouped = [w for g in self.collectives.intra_node_groups for w in g]
+        if any(not g for g in self.collectives.intra_node_groups) or sorted(grouped) != ids:
+            raise ValueError("collectives.intra_node_groups must split the workers into "
+                             "non-empty groups, each worker in exactly one")
+        if not set(self.collectives.inter_node_leaders) <= set(ids):
+            raise ValueError("collectives.inter_node_leaders names a worker that does not exist")
+        return self
 
     def to_json(self) -> str:
         """The canonical file text (see :func:`plan_text`)."""

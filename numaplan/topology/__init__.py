@@ -9,6 +9,7 @@ from numaplan.topology.cpulist import (
     parse_cpumask,
     parse_numactl_cpus,
 )
+from numaplan.topology.hwloc import parse_hwloc_xml, read_hwloc_file
 from numaplan.topology.io import load_topology, read_topology_json, topology_from_dict
 from numaplan.topology.model import CpuInfo, MemoryAttributes, Node, Topology, build_topology
 from numaplan.topology.samples import SAMPLE_FILES, read_sample, sample_path
@@ -28,9 +29,11 @@ __all__ = [
     "load_topology",
     "parse_cpulist",
     "parse_cpumask",
+    "parse_hwloc_xml",
     "parse_lscpu",
     "parse_numactl",
     "parse_numactl_cpus",
+    "read_hwloc_file",
     "read_lscpu_file",
     "read_numactl_file",
     "read_sample",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from numaplan._io import read_json
 from numaplan.errors import SchemaVersionError, TopologyError
+from numaplan.topology.hwloc import read_hwloc_file
 from numaplan.topology.model import Topology, build_topology
 from numaplan.topology.sysfs import read_sysfs
 from numaplan.topology.text import read_lscpu_file, read_numactl_file
@@ -47,6 +48,7 @@ def load_topology(
     sysfs_root: str | Path | None = None,
     numactl_file: str | Path | None = None,
     lscpu_file: str | Path | None = None,
+    hwloc_file: str | Path | None = None,
 ) -> Topology:
     """Load a topology from the one source given, or detect the running machine.
 
@@ -54,7 +56,8 @@ def load_topology(
     back to a single node when the kernel exposes no NUMA information).
     """
     given = [(k, v) for k, v in (("json", json_path), ("sysfs", sysfs_root),
-                                 ("numactl", numactl_file), ("lscpu", lscpu_file))
+                                 ("numactl", numactl_file), ("lscpu", lscpu_file),
+                                 ("hwloc", hwloc_file))
              if v is not None]
     if len(given) > 1:
         raise TopologyError(f"give one topology source, got {', '.join(k for k, _ in given)}")
@@ -69,4 +72,6 @@ def load_topology(
         return read_sysfs(value)
     if kind == "numactl":
         return read_numactl_file(value)
+    if kind == "hwloc":
+        return read_hwloc_file(value)
     return read_lscpu_file(value)

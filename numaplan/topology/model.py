@@ -1,7 +1,8 @@
 """The :class:`Topology` data model: NUMA nodes, their CPUs and memory, and the distances.
 
 A topology is plain, validated data. It is produced by the readers in this package (sysfs,
-``numactl -H``, ``lscpu``, JSON, synthetic) and consumed by the cost model and the planner.
+``numactl -H``, ``lscpu``, hwloc XML, JSON, synthetic) and consumed by the cost model and the
+planner.
 """
 
 from __future__ import annotations
@@ -299,6 +300,16 @@ class Topology(Frozen):
     def to_json(self) -> str:
         """Canonical JSON text (``schema_version`` first)."""
         return self.model_dump_json(indent=2) + "\n"
+
+
+def assumed_distances(node_ids: Iterable[int]) -> tuple[tuple[int, ...], ...]:
+    """10 local, 20 remote: what Linux itself assumes when firmware gives no SLIT.
+
+    For sources that record no distances (``lscpu``, some ``numactl -H`` and hwloc XML); the
+    topology then sets ``distances_assumed``.
+    """
+    ids = list(node_ids)
+    return tuple(tuple(SLIT_LOCAL if a == b else SLIT_CROSS_SOCKET for b in ids) for a in ids)
 
 
 def build_topology(source_path: str | None, **fields: object) -> Topology:

@@ -51,7 +51,8 @@ def test_sparse_node_ids():
     (TWO.replace("0 1 2 3", "0 1 2 4"), "CPU 4 is listed on node 0 and node 1"),
     (TWO.replace("0-3 (4)", "x").replace("0 1 2 3", "0-3 (5)"), "does not match the range"),
     (TWO.replace("2 nodes", "3 nodes"), "says 3 nodes but lists 2"),
-    (TWO.replace("  0:  10  21", "  0:  30  21"), "local distance 30 is not the smallest"),
+    (TWO.replace("  0:  10  21", "  0:  30  21"),
+     "distance of node 0 to itself is 30, Linux reports 10"),
     (TWO.replace("1000 MB\nnode 0 free", "lots\nnode 0 free"), "is not a size"),
 ])
 def test_bad_numactl(text, message):
