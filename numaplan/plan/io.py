@@ -16,6 +16,11 @@ PLAN_FILE = "numa-plan.json"
 
 #: ``{from_version: function(doc) -> doc of from_version + 1}``; applied one step at a time.
 MIGRATIONS: dict[int, Any] = {}
+#: ``{version: why}`` for versions read no more: no step can recompute what they lack.
+REFUSED: dict[int, str] = {
+    1: "its prediction counted memory reads only (schema 2 adds the roofline's compute term, "
+       "which needs the cost model and the placement problem); re-plan with `numaplan compile`",
+}
 
 
 
@@ -44,6 +49,10 @@ def plan_from_dict(doc: Any, *, source: str | None = None) -> Plan:
     if not isinstance(version, int) or version < 1 or version > SCHEMA_VERSION:
         raise SchemaVersionError(f"unknown plan schema_version {version!r}; this numaplan reads "
                                  f"1..{SCHEMA_VERSION}", path=source)
+    if version in REFUSED:
+        raise SchemaVersionError(f"plan schema_version {version} is no longer read: "
+                                 f"{REFUSED[version]} (this numaplan writes {SCHEMA_VERSION})",
+                                 path=source)
     while doc["schema_version"] < SCHEMA_VERSION:
         doc = MIGRATIONS[doc["schema_version"]](doc)
     try:

@@ -1,4 +1,4 @@
-"""The committed JSON Schema of the plan file (``numaplan/schema/plan.v1.json``).
+"""The committed JSON Schema of the plan file (``numaplan/schema/plan.v2.json``).
 
 Generated from the pydantic models; ``tests/plan/test_schema.py`` fails when the committed file
 and the code disagree. Regenerate with ``python -m numaplan.plan.jsonschema``.

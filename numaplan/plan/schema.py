@@ -2,7 +2,7 @@
 
 Same inputs give a byte-identical file: no timestamps, no solve times (those go to the report),
 floats rounded to 6 significant digits, dictionaries in sorted order, lists in id order. The
-committed JSON Schema (``numaplan/schema/plan.v1.json``) is generated from these models and a test
+committed JSON Schema (``numaplan/schema/plan.v2.json``) is generated from these models and a test
 keeps the two equal. A change that removes or renames a field bumps ``schema_version`` and adds a
 migration in :mod:`numaplan.plan.io`.
 """
@@ -18,7 +18,10 @@ from pydantic import Field
 
 from numaplan._base import Frozen
 
-SCHEMA_VERSION = 1
+#: 2: the prediction is a roofline (per-node read, compute and binding ceiling; the compute
+#: term's source and the collective alpha's). Version 1 plans are refused by
+#: :func:`numaplan.plan.io.plan_from_dict`: their predictions counted bytes only.
+SCHEMA_VERSION = 2
 
 _SCALAR_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+|null|true|false|\"[^\"\n]*\")"
                           r"(?:,\s*(?:-?[\d.eE+-]+|null|true|false|\"[^\"\n]*\"))*)\s*\]")
@@ -55,6 +58,8 @@ class PlanNode(Frozen):
     worker_ids: tuple[int, ...]
     bytes_homed: int
     predicted_read_s: float | None
+    predicted_compute_s: float | None
+    bound: Literal["read", "compute"] | None
 
 
 class PlanTopology(Frozen):
@@ -170,14 +175,26 @@ class BaselinePrediction(Frozen):
 
 class PlanPrediction(Frozen):
     """Predicted decode speed (a prediction: ``nominal`` says whether the cost figures were
-    measured or assumed)."""
+    measured or assumed).
+
+    ``token_s = max(read_s, compute_s) + collective_s`` (the roofline of
+    :mod:`numaplan.plan.predict`). ``compute_source`` names the kernel figures of the compute
+    term; ``None`` means the cost model had none for this quantization on every CPU node, so
+    ``compute_s`` is 0 and the prediction counts memory reads and collectives only.
+    ``collective_alpha_source`` says whether the per-call collective cost was measured.
+    """
 
     batch_size: int
     token_s: float
     tokens_per_s: float
     read_s: float
+    compute_s: float
     collective_s: float
+    compute_source: str | None
+    collective_alpha_s: float
+    collective_alpha_source: Literal["measured", "nominal", "request"]
     per_node_read_s: dict[int, float]
+    per_node_compute_s: dict[int, float]
     bytes_read_per_token: int
     cross_node_read_bytes_per_token: int
     lower_bound_token_s: float
@@ -188,9 +205,9 @@ class PlanPrediction(Frozen):
 
 
 class Plan(Frozen):
-    """A placement plan (schema version 1)."""
+    """A placement plan (schema version 2)."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     numaplan_version: str
     model: PlanModelInfo
     topology: PlanTopology

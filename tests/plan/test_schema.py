@@ -21,11 +21,13 @@ def test_committed_schema_matches_code():
 
 def test_schema_version_first_in_files():
     text = (GOLDEN / "2s1n.plan.json").read_text()
-    assert text.startswith('{\n  "schema_version": 1,')
+    assert text.startswith('{\n  "schema_version": 2,')
 
 
 @pytest.mark.parametrize(("mutate", "error", "message"), [
     (lambda d: d.update(schema_version=99), SchemaVersionError, "unknown plan schema_version 99"),
+    (lambda d: d.update(schema_version=1), SchemaVersionError,
+     "schema_version 1 is no longer read: its prediction counted memory reads only"),
     (lambda d: d.pop("workers"), PlanFormatError, "workers: Field required"),
     (lambda d: d["workers"][0].update(node_id="x"), PlanFormatError, "workers.0.node_id"),
     (lambda d: d.update(extra=1), PlanFormatError, "extra"),
