@@ -14,7 +14,11 @@ HELP = {
     "json": "print JSON instead of a table",
     "output": "write the result to this file (atomically)",
     # probe
-    "probe": "measure read bandwidth and latency between every CPU node and memory node",
+    "probe": "measure read bandwidth and latency between every CPU node and memory node, how "
+             "fast numaplan's decode kernels consume weights per core of each CPU node (the "
+             "roofline's compute term), and the all-reduce's per-call cost",
+    "no_compute": "measure memory only: no kernel or collective figures (the plan then prices "
+                  "memory reads only, and says so)",
     "quick": "smaller buffers and fewer repeats (seconds instead of tens of seconds)",
     "probe_output": "write the measured cost model as JSON to this file",
     "buffer_mib": "buffer size per cell in MiB (default: at least 4x the last-level cache)",

@@ -1,7 +1,14 @@
 """Cost-model layer: what crossing a node costs (bandwidth and latency matrices)."""
 
 from numaplan.cost.intel_mlc import cost_from_mlc, parse_mlc_matrix, read_mlc_files
-from numaplan.cost.model import CellAudit, CostModel, build_cost_model, read_cost_json
+from numaplan.cost.model import (
+    CellAudit,
+    CollectiveFit,
+    CostModel,
+    NodeCompute,
+    build_cost_model,
+    read_cost_json,
+)
 from numaplan.cost.slit import (
     DEFAULT_PENALTY,
     Penalty,
@@ -13,7 +20,9 @@ from numaplan.cost.slit import (
 __all__ = [
     "DEFAULT_PENALTY",
     "CellAudit",
+    "CollectiveFit",
     "CostModel",
+    "NodeCompute",
     "Penalty",
     "bandwidth_factor",
     "build_cost_model",
