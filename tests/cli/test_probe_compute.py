@@ -8,8 +8,8 @@ import os
 import pytest
 
 from numaplan.cli.probe import add_compute_figures, render_cost
-from numaplan.cost import read_cost_json
 from numaplan.cost import probe as pr
+from numaplan.cost import read_cost_json
 from numaplan.topology import read_sysfs
 
 MIB = 1 << 20
