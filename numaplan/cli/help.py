@@ -32,6 +32,12 @@ HELP.update({
     "out_dir": "output directory (default: out/<model name>)",
     "cost": "cost model JSON from `numaplan probe -o` (default: derived from SLIT distances "
             "and --numa-inter-node-penalty)",
+    "memory_spec": "derive the cost model from memory specifications, for a machine nobody can "
+                   "measure: [NODES:]CHANNELSxMTS[@EFFICIENCY] entries separated by ';', e.g. "
+                   "'12x6400' (every memory node: 12 channels of DDR5-6400 at the default "
+                   "efficiency 0.8) or '0-2:4x8800@0.8;3-5:4x8800@0.8'; local bandwidth = "
+                   "channels x MT/s x 8 bytes x efficiency, remote reads as SLIT and the penalty "
+                   "derive them; no compute term (the prediction is labelled nominal)",
     "mlc_output": "Intel MLC output file (a full run, or --bandwidth_matrix output) to use as "
                   "the cost model",
     "tp": "tensor-parallel workers W (default: the config's tensor_parallel_shards if > 1, "

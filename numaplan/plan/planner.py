@@ -339,7 +339,9 @@ def _spell_out(workload: Workload, topo: Topology, cost: CostModel, options: Pla
             tokens_per_s=r6(bp.tokens_per_s), token_s=r6(bp.token_s), fits=bp.fits,
             workers_per_node=dict(sorted(b.workers_per_node.items())),
             cross_node_read_bytes_per_token=bp.cross_node_read_bytes_per_token)
-    nominal = cost.method == "slit" and "nominal" in str(cost.params.get("local_bw_source", ""))
+    # Assumed, not measured: SLIT's nominal bandwidth, or figures from memory specifications.
+    nominal = cost.method == "memory-spec" or (
+        cost.method == "slit" and "nominal" in str(cost.params.get("local_bw_source", "")))
     prediction = PlanPrediction(
         batch_size=p.batch_size, token_s=r6(pred.token_s), tokens_per_s=r6(pred.tokens_per_s),
         read_s=r6(pred.read_s), compute_s=r6(pred.compute_s),
