@@ -10,7 +10,10 @@ which MLC refuses to shard, so numaplan reads those models but plans them for on
 Sizing-only presets describe formats MLC has no kernels for, so that the planner and the
 predictor can size and price them (``int8_weight_only``: int8 weights with one float16 scale
 per 32, the 34 bytes per 32 weights of llama.cpp's Q8_0, within 6 % of SGLang's per-channel
-W8A8 weights). Nothing can be compiled or run with them: :func:`require_kernels` says so.
+W8A8 weights; ``q5_1_sizing``: 5-bit weights, 20 bytes per 32, with a 4-byte group scale, the
+24 bytes per 32 weights of llama.cpp's Q5_1, whose float16 scale and float16 minimum this
+preset holds as one float32, so its activations and KV cache are float32 too). Nothing can be
+compiled or run with them: :func:`require_kernels` says so.
 """
 
 from __future__ import annotations
@@ -171,6 +174,8 @@ QUANTIZATIONS = MappingProxyType({q.name: q for q in (
     # Sizing only (see the module docstring); the embedding stays float16, as in Q8_0 models'
     # usual token tables and SGLang's INT8 checkpoints.
     _group("int8_weight_only", "float16", bits=8, group_size=32, layout="NK",
+           quantize_embedding=False, quantize_final_fc=True, sizing_only=True),
+    _group("q5_1_sizing", "float32", bits=5, group_size=32, layout="NK",
            quantize_embedding=False, quantize_final_fc=True, sizing_only=True),
 )})
 
