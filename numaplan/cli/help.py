@@ -107,7 +107,8 @@ HELP.update({
             "the KV cache (empty line or EOF ends it)",
     "prompt_ids": "prompt token ids, comma-separated (e.g. 1,2,3)",
     "max_new_tokens": "tokens to generate at most (default 16 for --prompt-ids, 256 for text)",
-    "stats": "print measured placement, load and collective figures to stderr",
+    "stats": "print measured placement, load and collective figures to stderr, and the plan's "
+             "predicted time per token next to the measured one",
     "force": "run a stale plan (model or machine fingerprints differ)",
     "strict_placement": "refuse to run when any weight byte is off its planned node",
     "allow_fallback": "continue when the kernel refuses a placement (records the degradation)",
