@@ -13,6 +13,7 @@ from numaplan.cli._common import add_topology_args, topology_from_args
 from numaplan.cli._planning import add_cost_args, add_plan_args, load_model, settings_from_args
 from numaplan.cli.help import HELP
 from numaplan.errors import UsageError
+from numaplan.model.quantization import get_quantization
 from numaplan.model.relax_source import relax_source_for
 from numaplan.plan import Plan, make_plan, resolve_settings, write_plan
 from numaplan.plan.formatting import format_tps, human_bytes, roofline_text
@@ -40,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     plan, report = planned.plan, planned.report
     out = Path(args.output or Path("out") / name)
     src, why_not = relax_source_for(args.model_dir)
+    if get_quantization(workload.quantization).sizing_only:
+        # Sizing-only presets exist to plan and predict; no kernels can build them.
+        src, why_not = None, f"{workload.quantization} is a sizing-only preset"
     built = None
     if src is not None and not args.no_build:
         # Build before writing anything: a failed build leaves no half-made output.
@@ -61,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
               f"numaplan.ccl)")
     elif args.no_build:
         print("library: not built (--no-build)")
+    elif src is None and why_not.endswith("sizing-only preset"):
+        print(f"library: not built: {why_not} (MLC and numaplan have no kernels for it)")
     else:
         print(f"library: not built: {why_not}; to build it with the plan, run `mlc_llm "
               f"compile` with numaplan's passes (numaplan.passes.wrap_mlc_pipeline, see README)")
