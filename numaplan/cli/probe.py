@@ -70,10 +70,12 @@ def add_compute_figures(cost: CostModel, topo: Topology, *, quick: bool,
             continue
         print(f"compute: decode kernels on node {n} ({len(cpus)} cores)...", file=sys.stderr)
         rates = kernel_rates(cpus, seconds=seconds)
-        kernels.update(name for _, name in rates.values())
+        kernels.update(name for _, _, name in rates.values())
         compute.append(NodeCompute(node_id=n, cores_measured=len(cpus),
-                                   weight_bytes_per_s_per_core={q: round(r, -3) for q, (r, _)
-                                                                in rates.items()}))
+                                   weight_bytes_per_s_per_core={q: round(r, -3) for q, (r, _, _)
+                                                                in rates.items()},
+                                   call_s={q: float(f"{c:.4g}") for q, (_, c, _)
+                                           in rates.items()}))
     pair = next((c[:2] for n in topo.cpu_node_ids()
                  if len(c := reader_cpus(topo, n, threads_per_node)) >= 2), None)
     collective = None
@@ -120,7 +122,9 @@ def render_cost(c: CostModel, t: Topology) -> str:
         out.append("decode kernels, weight GB/s per core (in cache: the compute ceiling):")
         for nc in c.compute:
             out.append(f"  node {nc.node_id} ({nc.cores_measured} cores): " + ", ".join(
-                f"{q} {v / 1e9:.2f}" for q, v in sorted(nc.weight_bytes_per_s_per_core.items())))
+                f"{q} {v / 1e9:.2f}" + (f" (+{nc.call_s[q] * 1e6:.1f} us per call)"
+                                        if q in nc.call_s else "")
+                for q, v in sorted(nc.weight_bytes_per_s_per_core.items())))
     if c.collective:
         out.append(f"all-reduce per call: {c.collective.alpha_s * 1e6:.2f} us + "
                    f"{c.collective.beta_s_per_byte * 1e12:.1f} ps/byte "

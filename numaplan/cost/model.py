@@ -58,17 +58,24 @@ class NodeCompute(Frozen):
         that memory does not set the pace (the roofline's compute ceiling).
     cores_measured
         Physical cores the kernels ran on (the figure is the total divided by this).
+    call_s
+        Quantization -> fixed seconds of one decode product on the node's cores (entering and
+        leaving the thread pool), beside the bytes' time; absent: not measured (0).
     """
 
     node_id: int
     weight_bytes_per_s_per_core: dict[str, float]
     cores_measured: int = Field(ge=1)
+    call_s: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _positive(self) -> NodeCompute:
         for q, v in self.weight_bytes_per_s_per_core.items():
             if not v > 0:
                 raise ValueError(f"compute figure for {q} must be positive, got {v}")
+        for q, v in self.call_s.items():
+            if not v >= 0:
+                raise ValueError(f"call cost for {q} must be >= 0, got {v}")
         return self
 
 
@@ -165,6 +172,14 @@ class CostModel(Frozen):
             if c.node_id == node_id:
                 return c.weight_bytes_per_s_per_core.get(quantization)
         return None
+
+    def call_cost(self, node_id: int, quantization: str) -> float:
+        """Fixed seconds of one decode product of ``quantization`` on ``node_id`` (0 when not
+        measured)."""
+        for c in self.compute:
+            if c.node_id == node_id:
+                return c.call_s.get(quantization, 0.0)
+        return 0.0
 
     def fingerprint(self) -> str:
         """sha256 of the matrices, method and compute figures (not of audit details).

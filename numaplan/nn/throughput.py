@@ -8,7 +8,9 @@ probed bandwidth). This module times the kernels the compiled model uses for one
 (:func:`numaplan.nn.kernels.q4_gemv` / ``q4_gemv_int8`` as the default policy picks, and
 ``dense_gemv``) on a weight matrix small enough to stay in each core's cache, so that the figure
 is the kernels' ceiling and not the memory's, with one thread pinned per given CPU, and reports
-weight bytes per second per thread.
+weight bytes per second per thread. A second, small matrix gives the fixed cost of one call
+(entering the thread pool, synchronising its threads, leaving): a decode product of a small
+model's 576-wide layer takes tens of microseconds, where that cost weighs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ MEASURED_QUANTIZATIONS = ("q0f32", "q0f16", "q4f16_1")
 #: Weight bytes per thread of the timed matrix: well inside a core's L2 (1-2 MiB on current
 #: x86 server cores), well above one call's fixed cost.
 BYTES_PER_THREAD = 512 << 10
+#: Rows of the small matrix that prices a call's fixed cost.
+SMALL_ROWS = 64
 #: TVM's thread-pool mode "one pinned thread per listed CPU" (``runtime.config_threadpool``).
 _ONE_CORE_PER_THREAD = -2
 
@@ -67,9 +71,26 @@ def _kernel(quantization: str, n: int, k: int, target: tvm.target.Target):
     return lib["main"], tensors, weight_bytes, name
 
 
+def _time_calls(fn, args, seconds: float, repeats: int) -> float:
+    """Median seconds per call over ``repeats`` repeats of about ``seconds / repeats`` each."""
+    for _ in range(3):  # warm the caches and the thread pool
+        fn(*args)
+    t0 = time.perf_counter()
+    fn(*args)
+    calls = max(1, int(seconds / repeats / max(time.perf_counter() - t0, 1e-7)))
+    per_call = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn(*args)
+        per_call.append((time.perf_counter() - t0) / calls)
+    return statistics.median(per_call)
+
+
 def kernel_rates(cpus: Sequence[int], *, quantizations: Sequence[str] = MEASURED_QUANTIZATIONS,
-                 seconds: float = 0.2, repeats: int = 5) -> dict[str, tuple[float, str]]:
-    """Weight bytes per second per thread of each quantization's decode product.
+                 seconds: float = 0.2, repeats: int = 5) -> dict[str, tuple[float, float, str]]:
+    """Weight bytes per second per thread of each quantization's decode product, and the fixed
+    seconds per call.
 
     Parameters
     ----------
@@ -85,7 +106,9 @@ def kernel_rates(cpus: Sequence[int], *, quantizations: Sequence[str] = MEASURED
     Returns
     -------
     dict
-        ``{quantization: (bytes per second per thread, kernel name)}``.
+        ``{quantization: (bytes per second per thread, seconds per call, kernel name)}``: a
+        line ``call + bytes / (threads x rate)`` through the large and the small matrix's
+        times (the fixed cost clipped at 0).
 
     Notes
     -----
@@ -94,20 +117,19 @@ def kernel_rates(cpus: Sequence[int], *, quantizations: Sequence[str] = MEASURED
     target = host_target()
     tvm.get_global_func("runtime.config_threadpool")(
         _ONE_CORE_PER_THREAD, len(cpus), [str(c) for c in cpus])
-    out: dict[str, tuple[float, str]] = {}
+    out: dict[str, tuple[float, float, str]] = {}
     for q in quantizations:
         n, k = _shape(q, len(cpus))
         fn, args, nbytes, name = _kernel(q, n, k, target)
-        for _ in range(3):  # warm the caches and the thread pool
-            fn(*args)
-        t0 = time.perf_counter()
-        fn(*args)
-        calls = max(1, int(seconds / repeats / max(time.perf_counter() - t0, 1e-7)))
-        rates = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn(*args)
-            rates.append(calls * nbytes / (time.perf_counter() - t0))
-        out[q] = (statistics.median(rates) / len(cpus), name)
+        t_big = _time_calls(fn, args, seconds * 0.75, repeats)
+        fs, args_s, nbytes_s, _ = _kernel(q, SMALL_ROWS, k, target)
+        t_small = _time_calls(fs, args_s, seconds * 0.25, repeats)
+        # Two points of t = call + bytes / rate; a noisy pair that slopes the wrong way leaves
+        # the large matrix's plain rate and no fixed cost.
+        if t_big > t_small:
+            rate = (nbytes - nbytes_s) / (t_big - t_small)
+            call = max(t_small - nbytes_s / rate, 0.0)
+        else:
+            rate, call = nbytes / t_big, 0.0
+        out[q] = (rate / len(cpus), call, name)
     return out

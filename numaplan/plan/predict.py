@@ -9,8 +9,9 @@ and the lower bound are all measured with the same ruler, so the plan's comparis
   cost model's bandwidth ``bw[i][j]``, and every memory node's DRAM serves all its readers at its
   own bandwidth;
 - compute time (a roofline, when the cost model measured the decode kernels): node i's workers
-  consume ``k_i x`` their weight bytes at the rate all of node i's cores' products reach. With
-  few cores, dequantizing and multiplying, not memory, sets the pace;
+  consume ``k_i x`` their weight bytes at the rate all of node i's cores' products reach, plus
+  one worker's fixed cost per product call. With few cores, dequantizing and multiplying, not
+  memory, sets the pace;
 - nodes run in parallel, and identical layers make the per-phase maxima of docs/background.md
   1.1 add up to the slowest node's (or memory node's) time;
 - collective time: two all-reduces per layer plus one broadcast per step
@@ -116,7 +117,7 @@ def predict(p: PlacementProblem, s: Solution) -> Prediction:
             per_node[i] += b / bw
         per_home[j] += b / p.dram_bw(j)
     read_s = max([*per_node.values(), *per_home.values(), 0.0])
-    compute = {i: k * p.compute_s_per_worker(i) for i, k in s.workers_per_node.items()
+    compute = {i: p.compute_time(i, k) for i, k in s.workers_per_node.items()
                if k > 0 and i in p.compute_bytes_per_s}
     compute_s = max([*compute.values(), 0.0])
     # Which ceiling a node meets: its compute, or the reads of its CPUs or of its memory home
@@ -158,10 +159,11 @@ def lower_bound(p: PlacementProblem) -> float:
     i's read capacity per token: its weight bytes at the best bandwidth node i's CPUs have to any
     memory node, and its KV cache (which numaplan keeps on the worker's own memory node) at that
     node's bandwidth; with a compute term, ``c_i`` is at least its products' time on node i's
-    cores. For every number ``a`` of active nodes, the ``a`` cheapest nodes sharing W workers
-    continuously give ``W / sum(1 / c_i)``, and all the bytes can go no faster than all
-    DRAM together; to that the cheapest collective any ``a``-node split can have is added. The
-    bound is the minimum over ``a``. (Even, integer shards, as MLC's tensor parallelism has, can
+    cores (and every active node pays at least the smallest fixed call cost). For every number
+    ``a`` of active nodes, the ``a`` cheapest nodes sharing W workers continuously give
+    ``W / sum(1 / c_i)``, and all the bytes can go no faster than all DRAM together; to that
+    the cheapest collective any ``a``-node split can have is added. The bound is the minimum
+    over ``a``. (Even, integer shards, as MLC's tensor parallelism has, can
     stay well above it when node bandwidths differ and W is small: see docs/cost-model.md.)
     """
     W = p.num_workers
@@ -174,6 +176,8 @@ def lower_bound(p: PlacementProblem) -> float:
         if best > 0:
             cost.append(max(weights / best + kv / home, p.compute_s_per_worker(i)))
     cost.sort()
+    # Every active node pays one worker's fixed product calls: no plan beats the cheapest.
+    fixed = min((p.compute_fixed_s.get(i, 0.0) for i in p.cpu_node_ids), default=0.0)
     dram = sum(p.dram_bw(j) for j in p.mem_node_ids)
     total = W * (weights + kv)
     stats = _pair_stats(p) if W > 1 and len(p.cpu_node_ids) > 1 else None
@@ -181,7 +185,7 @@ def lower_bound(p: PlacementProblem) -> float:
     for a in range(1, len(cost) + 1):
         if a > W:
             break
-        read = max(W / sum(1.0 / c for c in cost[:a]), total / dram)
+        read = max(W / sum(1.0 / c for c in cost[:a]), total / dram, fixed)
         best_t = min(best_t, read + _coll_floor(p, a, stats))
     return best_t
 

@@ -98,6 +98,7 @@ class PlacementProblem(Frozen):
     context_tokens: int = 0
     compute_bytes_per_s: dict[int, float] = Field(default_factory=dict)
     compute_bytes_per_worker: int = 0
+    compute_fixed_s: dict[int, float] = Field(default_factory=dict)
     compute_source: str | None = None
     _index: dict[int, int] = PrivateAttr(default_factory=dict)
     _dram: dict[int, float] = PrivateAttr(default_factory=dict)
@@ -143,6 +144,14 @@ class PlacementProblem(Frozen):
         rate = self.compute_bytes_per_s.get(node_id)
         return self.compute_bytes_per_worker / rate if rate else 0.0
 
+    def compute_time(self, node_id: int, k: int) -> float:
+        """Seconds node ``node_id``'s ``k`` workers' products take per token: their bytes on
+        the node's cores plus one worker's fixed call costs (each worker runs its own products
+        at the same time as the others); 0 for no worker or no compute term."""
+        if k <= 0 or node_id not in self.compute_bytes_per_s:
+            return 0.0
+        return k * self.compute_s_per_worker(node_id) + self.compute_fixed_s.get(node_id, 0.0)
+
     def node_speed(self, node_id: int) -> float:
         """How fast node ``node_id`` serves workers with its memory local: its local bandwidth
         without a compute term (the same order and proportions as tokens per second), else
@@ -153,7 +162,7 @@ class PlacementProblem(Frozen):
             return bw
         read = self.split_bytes_per_worker + self.replica_stream_bytes + \
             self.kv_read_bytes_per_worker
-        t = max(read / bw if bw else float("inf"), self.compute_s_per_worker(node_id))
+        t = max(read / bw if bw else float("inf"), self.compute_time(node_id, 1))
         return 1.0 / t if t > 0 else 0.0
 
     @property
@@ -316,6 +325,8 @@ def build_problem(
         collective_alpha_s = (cost.collective.alpha_s if cost.collective is not None
                               else DEFAULT_COLLECTIVE_ALPHA_S)
     compute, compute_source = _compute_ceilings(workload, cost, nodes)
+    products = products_per_token(workload)
+    fixed = {n: products * cost.call_cost(n, workload.quantization) for n in compute}
     stream_reads = sum(g.read_bytes_per_token for g in replicas)
     return PlacementProblem(
         num_workers=W, nodes=tuple(nodes), cpu_node_ids=cpu_nodes, mem_node_ids=mem_nodes,
@@ -330,8 +341,21 @@ def build_problem(
         min_workers=min_workers, max_workers=max_workers, batch_size=batch_size,
         context_tokens=ctx, compute_bytes_per_s=compute,
         compute_bytes_per_worker=split + stream_reads if compute else 0,
+        compute_fixed_s={n: v for n, v in fixed.items() if v > 0},
         compute_source=compute_source,
     )
+
+
+#: Roles whose weights a decode step multiplies by the activation, one kernel call each.
+_PRODUCT_ROLES = frozenset({Role.ATTN_QKV, Role.ATTN_OUT, Role.MLP_IN, Role.MLP_OUT, Role.LM_HEAD})
+
+
+def products_per_token(workload: Workload) -> int:
+    """Weight products (kernel calls) one worker runs per decode token: every linear's weight,
+    and the tied embedding as the output projection."""
+    n = sum(1 for t in workload.tensors if t.role in _PRODUCT_ROLES and
+            t.name.rsplit(".", 1)[-1] in ("weight", "q_weight"))
+    return n + (1 if workload.tie_word_embeddings else 0)
 
 
 def _compute_ceilings(workload: Workload, cost: CostModel, nodes: Sequence[NodeResources]

@@ -14,9 +14,10 @@ Variables (C = CPU nodes, M = memory nodes, G = replicated groups):
 - ``x[g,i,j]`` binary, node i reads group g's copy on j; ``c[g,j]`` a copy of g on j;
   ``w[g,i,j]`` = k_i x[g,i,j] (linearised);
 - ``T_read`` >= every reader node's and every memory node's streaming time, and every CPU
-  node's compute time ``k_i x`` (one worker's products on the node's cores) when the cost model
-  has a compute term: the roofline of :mod:`numaplan.plan.predict`; collective terms
-  ``T_ar``, ``T_intra``, ``T_lat``, ``T_pair``, ``T_pbw``.
+  node's compute time ``k_i x`` (one worker's products on the node's cores) ``+ y_i x`` (one
+  worker's fixed call costs) when the cost model has a compute term: the roofline of
+  :mod:`numaplan.plan.predict`; collective terms ``T_ar``, ``T_intra``, ``T_lat``, ``T_pair``,
+  ``T_pbw``.
 
 Objective: ``T_read + n_allreduce * T_ar + n_broadcast * (alpha + T_lat + T_pair)``.
 """
@@ -159,7 +160,8 @@ def build_model(p: PlacementProblem) -> tuple[pulp.LpProblem, dict]:
                                      for (r, j), e in reads.items() if r == i), f"reader_{i}"
     for i in C:
         if i in p.compute_bytes_per_s:
-            prob += t_read >= (US * p.compute_s_per_worker(i)) * k[i], f"compute_{i}"
+            prob += t_read >= (US * p.compute_s_per_worker(i)) * k[i] + \
+                (US * p.compute_fixed_s.get(i, 0.0)) * y[i], f"compute_{i}"
     for j in M:
         terms = [pulp.lpSum(e) for (r, m), e in reads.items() if m == j]
         if terms:

@@ -28,6 +28,8 @@ def test_probe_adds_kernel_rates_and_collective_fit(tmp_path):
     assert set(rates) == {"q0f32", "q0f16", "q4f16_1"}
     # Any CPU of the last decade turns weights into products at 0.1-1000 GB/s per core.
     assert all(1e8 < r < 1e12 for r in rates.values()), rates
+    # The fixed cost of one call: under a millisecond on anything that runs a model.
+    assert set(node.call_s) == set(rates) and all(0 <= c < 1e-3 for c in node.call_s.values())
     assert cost.collective is not None and cost.collective.ranks == 2
     assert 0 < cost.collective.alpha_s < 1e-2
     assert cost.params["compute_kernels"]

@@ -6,7 +6,7 @@ import pytest
 
 from numaplan.cost import cost_from_slit, read_cost_json
 from numaplan.cost.model import CollectiveFit, CostModel, NodeCompute
-from numaplan.plan import PlanOptions, build_problem, make_plan, predict
+from numaplan.plan import PlanOptions, build_problem, lower_bound, make_plan, predict
 from numaplan.plan.solver_ilp import available_backends
 from numaplan.topology import synthetic_topology
 
@@ -15,10 +15,13 @@ from .helpers import small_workload
 pytestmark = pytest.mark.skipif(not available_backends(), reason="no MIP solver")
 
 
-def with_compute(cost: CostModel, rate: float, nodes=(0, 1), quant="q4f16_1") -> CostModel:
-    """``cost`` plus a per-core compute figure of ``rate`` bytes/s on ``nodes``."""
+def with_compute(cost: CostModel, rate: float, nodes=(0, 1), quant="q4f16_1",
+                 call_s: float | None = None) -> CostModel:
+    """``cost`` plus a per-core compute figure of ``rate`` bytes/s (and a fixed ``call_s`` per
+    product) on ``nodes``."""
     return cost.model_copy(update={"compute": tuple(
-        NodeCompute(node_id=n, weight_bytes_per_s_per_core={quant: rate}, cores_measured=2)
+        NodeCompute(node_id=n, weight_bytes_per_s_per_core={quant: rate}, cores_measured=2,
+                    call_s={} if call_s is None else {quant: call_s})
         for n in nodes)})
 
 
@@ -67,11 +70,30 @@ def test_prediction_is_the_roofline(tmp_path, few_cores):
     assert pf.bound == {0: "read"} and pf.token_s == pytest.approx(pf.read_s + pf.collective_s)
 
 
-def test_ilp_objective_equals_the_roofline_prediction(tmp_path, few_cores):
+def test_fixed_call_costs_are_paid_once_per_active_node(tmp_path, few_cores):
+    from numaplan.plan.problem import products_per_token
+    from numaplan.plan.solver_greedy import place
+
+    wl = small_workload(tmp_path)
+    # 4 layers x (qkv, o, gate_up, down) + the untied lm_head.
+    assert products_per_token(wl) == 17
+    rate, call = 0.5e9, 20e-6
+    p = build_problem(wl, few_cores, with_compute(cost_from_slit(few_cores), rate, call_s=call),
+                      num_workers=2)
+    weights = p.split_bytes_per_worker + p.replica_stream_bytes
+    # Two workers on one node run their calls side by side: the fixed part counts once.
+    pr = predict(p, place(p, {0: 2}))
+    assert pr.per_node_compute_s[0] == pytest.approx(2 * weights / (rate * 2) + 17 * call)
+    assert lower_bound(p) <= pr.token_s
+
+
+@pytest.mark.parametrize("call_s", [None, 20e-6])
+def test_ilp_objective_equals_the_roofline_prediction(tmp_path, few_cores, call_s):
     from numaplan.plan import solver_ilp
 
     p = build_problem(small_workload(tmp_path), few_cores,
-                      with_compute(cost_from_slit(few_cores), 0.5e9), num_workers=2)
+                      with_compute(cost_from_slit(few_cores), 0.5e9, call_s=call_s),
+                      num_workers=2)
     sol = solver_ilp.solve(p)
     assert sol.objective_s == pytest.approx(predict(p, sol).token_s, rel=1e-6)
 
