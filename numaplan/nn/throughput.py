@@ -15,7 +15,6 @@ model's 576-wide layer takes tens of microseconds, where that cost weighs.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Sequence
 
@@ -72,7 +71,9 @@ def _kernel(quantization: str, n: int, k: int, target: tvm.target.Target):
 
 
 def _time_calls(fn, args, seconds: float, repeats: int) -> float:
-    """Median seconds per call over ``repeats`` repeats of about ``seconds / repeats`` each."""
+    """Best seconds per call over ``repeats`` repeats of about ``seconds / repeats`` each: a
+    ceiling is what the cores reach when nothing else runs (as the probe's bandwidth is the
+    best of its repeats); other work on the machine only ever slows a repeat down."""
     for _ in range(3):  # warm the caches and the thread pool
         fn(*args)
     t0 = time.perf_counter()
@@ -84,7 +85,7 @@ def _time_calls(fn, args, seconds: float, repeats: int) -> float:
         for _ in range(calls):
             fn(*args)
         per_call.append((time.perf_counter() - t0) / calls)
-    return statistics.median(per_call)
+    return min(per_call)
 
 
 def kernel_rates(cpus: Sequence[int], *, quantizations: Sequence[str] = MEASURED_QUANTIZATIONS,
@@ -99,7 +100,7 @@ def kernel_rates(cpus: Sequence[int], *, quantizations: Sequence[str] = MEASURED
     quantizations
         Among :data:`MEASURED_QUANTIZATIONS`.
     seconds
-        Timed time per quantization, split into ``repeats`` repeats; the median repeat counts.
+        Timed time per quantization, split into ``repeats`` repeats; the best repeat counts.
     repeats
         Timed repeats.
 
