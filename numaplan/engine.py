@@ -432,6 +432,15 @@ class Engine:
         """The runtime's measured statistics (:class:`numaplan.runtime.session.RuntimeStats`)."""
         return self.runtime.stats()
 
+    def prediction_check(self) -> dict[str, Any]:
+        """The plan's predicted time per decode token next to the last generation's measured
+        one, part by part (:func:`numaplan.runtime.compare.compare_prediction`), with the
+        ratios measured / predicted."""
+        from numaplan.runtime.compare import compare_prediction
+
+        c = compare_prediction(self.plan, self.runtime_stats())
+        return c.model_dump() | {"token_ratio": c.token_ratio}
+
     def optimize_tensor_placement(self, name: str, shape: tuple[int, ...] | list[int],
                                   worker_id: int) -> dict[str, Any]:
         """Where the plan puts worker ``worker_id``'s piece of tensor ``name``.

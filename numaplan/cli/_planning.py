@@ -20,6 +20,7 @@ def add_cost_args(p: argparse.ArgumentParser) -> None:
     x = g.add_mutually_exclusive_group()
     x.add_argument("--cost", metavar="JSON", help=HELP["cost"])
     x.add_argument("--mlc-output", metavar="FILE", help=HELP["mlc_output"])
+    x.add_argument("--memory-spec", metavar="SPEC", help=HELP["memory_spec"])
     g.add_argument("--numa-inter-node-penalty", type=float, default=DEFAULT_PENALTY,
                    metavar="P", help=HELP["penalty"])
 
@@ -56,7 +57,7 @@ def settings_from_args(args: argparse.Namespace) -> PlanSettings:
         numa_inter_node_penalty=args.numa_inter_node_penalty,
         numa_prefer_local_memory=not args.no_prefer_local_memory,
         node_affinity=parse_affinity(args.node_affinity),
-        cost_model=args.cost, mlc_output=args.mlc_output,
+        cost_model=args.cost, mlc_output=args.mlc_output, memory_spec=args.memory_spec,
         batch_size=args.batch_size, context_tokens=args.context_tokens,
         solver=args.solver, mip_backend=args.mip_backend, time_limit_s=args.time_limit,
         oversubscribe=args.oversubscribe, max_total_seq_len=args.max_total_seq_len,

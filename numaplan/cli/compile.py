@@ -13,9 +13,10 @@ from numaplan.cli._common import add_topology_args, topology_from_args
 from numaplan.cli._planning import add_cost_args, add_plan_args, load_model, settings_from_args
 from numaplan.cli.help import HELP
 from numaplan.errors import UsageError
+from numaplan.model.quantization import get_quantization
 from numaplan.model.relax_source import relax_source_for
 from numaplan.plan import Plan, make_plan, resolve_settings, write_plan
-from numaplan.plan.formatting import format_tps, human_bytes
+from numaplan.plan.formatting import format_tps, human_bytes, roofline_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     plan, report = planned.plan, planned.report
     out = Path(args.output or Path("out") / name)
     src, why_not = relax_source_for(args.model_dir)
+    if get_quantization(workload.quantization).sizing_only:
+        # Sizing-only presets exist to plan and predict; no kernels can build them.
+        src, why_not = None, f"{workload.quantization} is a sizing-only preset"
     built = None
     if src is not None and not args.no_build:
         # Build before writing anything: a failed build leaves no half-made output.
@@ -61,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
               f"numaplan.ccl)")
     elif args.no_build:
         print("library: not built (--no-build)")
+    elif src is None and why_not.endswith("sizing-only preset"):
+        print(f"library: not built: {why_not} (MLC and numaplan have no kernels for it)")
     else:
         print(f"library: not built: {why_not}; to build it with the plan, run `mlc_llm "
               f"compile` with numaplan's passes (numaplan.passes.wrap_mlc_pipeline, see README)")
@@ -87,7 +93,7 @@ def render_summary(plan: Plan, path: str, seconds: float | None = None) -> str:
              f"solver {s.name}: {s.status}{gap}"
              + (f", {seconds:.2f} s" if seconds is not None else "") + ")", ""]
     lines.append(f"{'node':>4}  {'workers':<12} {'cpus':<20} {'threads':>7} {'homed':>10} "
-                 f"{'read/token':>11}")
+                 f"{'read/token':>11} {'compute/token':>13}")
     for n in plan.nodes:
         if not n.worker_ids and not n.bytes_homed:
             continue
@@ -97,12 +103,15 @@ def render_summary(plan: Plan, path: str, seconds: float | None = None) -> str:
             cpus = cpus[:17] + "..."
         workers = ",".join(map(str, n.worker_ids)) or "-"
         read = "-" if n.predicted_read_s is None else f"{n.predicted_read_s * 1e3:.3f} ms"
+        comp = "-" if n.predicted_compute_s is None else f"{n.predicted_compute_s * 1e3:.3f} ms"
+        if n.bound == "compute":
+            comp += " *"
         lines.append(f"{n.node_id:>4}  {workers:<12} {cpus:<20} {threads:>7} "
-                     f"{human_bytes(n.bytes_homed):>10} {read:>11}")
+                     f"{human_bytes(n.bytes_homed):>10} {read:>11} {comp:>13}")
     label = "predicted (nominal cost figures)" if pr.nominal else "predicted"
     lines.append("")
     lines.append(f"{label}: {format_tps(pr.tokens_per_s)} tokens/s at batch {pr.batch_size} "
-                 f"(read {pr.read_s * 1e3:.3f} ms + collectives {pr.collective_s * 1e3:.3f} ms "
+                 f"({roofline_text(pr)} + collectives {pr.collective_s * 1e3:.3f} ms "
                  f"per token); lower bound {format_tps(pr.lower_bound_tokens_per_s)} tokens/s: "
                  f"plan reaches {100 * pr.fraction_of_bound:.1f}%")
     if pr.baselines:

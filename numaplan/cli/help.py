@@ -15,7 +15,11 @@ HELP = {
     "json": "print JSON instead of a table",
     "output": "write the result to this file (atomically)",
     # probe
-    "probe": "measure read bandwidth and latency between every CPU node and memory node",
+    "probe": "measure read bandwidth and latency between every CPU node and memory node, how "
+             "fast numaplan's decode kernels consume weights per core of each CPU node (the "
+             "roofline's compute term), and the all-reduce's per-call cost",
+    "no_compute": "measure memory only: no kernel or collective figures (the plan then prices "
+                  "memory reads only, and says so)",
     "quick": "smaller buffers and fewer repeats (seconds instead of tens of seconds)",
     "probe_output": "write the measured cost model as JSON to this file",
     "buffer_mib": "buffer size per cell in MiB (default: at least 4x the last-level cache)",
@@ -29,6 +33,12 @@ HELP.update({
     "out_dir": "output directory (default: out/<model name>)",
     "cost": "cost model JSON from `numaplan probe -o` (default: derived from SLIT distances "
             "and --numa-inter-node-penalty)",
+    "memory_spec": "derive the cost model from memory specifications, for a machine nobody can "
+                   "measure: [NODES:]CHANNELSxMTS[@EFFICIENCY] entries separated by ';', e.g. "
+                   "'12x6400' (every memory node: 12 channels of DDR5-6400 at the default "
+                   "efficiency 0.8) or '0-2:4x8800@0.8;3-5:4x8800@0.8'; local bandwidth = "
+                   "channels x MT/s x 8 bytes x efficiency, remote reads as SLIT and the penalty "
+                   "derive them; no compute term (the prediction is labelled nominal)",
     "mlc_output": "Intel MLC output file (a full run, or --bandwidth_matrix output) to use as "
                   "the cost model",
     "tp": "tensor-parallel workers W (default: the config's tensor_parallel_shards if > 1, "
@@ -103,7 +113,8 @@ HELP.update({
             "the KV cache (empty line or EOF ends it)",
     "prompt_ids": "prompt token ids, comma-separated (e.g. 1,2,3)",
     "max_new_tokens": "tokens to generate at most (default 16 for --prompt-ids, 256 for text)",
-    "stats": "print measured placement, load and collective figures to stderr",
+    "stats": "print measured placement, load and collective figures to stderr, and the plan's "
+             "predicted time per token next to the measured one",
     "force": "run a stale plan (model or machine fingerprints differ)",
     "strict_placement": "refuse to run when any weight byte is off its planned node",
     "allow_fallback": "continue when the kernel refuses a placement (records the degradation)",

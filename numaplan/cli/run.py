@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             on_text=on_text if stream and text_mode else None,
             on_token=on_token if stream and not text_mode else None)
         stats = rt.stats() if args.stats or args.json else None
+        check = _prediction_check(rt.plan, stats)
     out = outs[0]
     if args.json:
         doc_out = {"prompt_ids": list(out.prompt_ids), "output_ids": list(out.output_ids),
@@ -150,13 +151,27 @@ def run(args: argparse.Namespace) -> int:
                    "finish_reason": out.finish_reason,
                    "generation": gen_stats.model_dump(exclude={"step_s"}) |
                    {"decode_tokens_per_s": gen_stats.decode_tokens_per_s},
-                   "stats": stats.model_dump() if stats else None}
+                   "stats": stats.model_dump() if stats else None,
+                   "prediction_check": check.model_dump() if check else None}
         print(json.dumps(doc_out, indent=2))
         return 0
     print(flush=True)
     if stats is not None:
         print(render_stats(stats, Path(args.lib).name), file=sys.stderr)
+    if check is not None:
+        from numaplan.runtime.compare import render_prediction_check
+
+        print(render_prediction_check(check), file=sys.stderr)
     return 0
+
+
+def _prediction_check(plan, stats):
+    """The plan's predicted time per token next to the run's (``None`` without stats)."""
+    if stats is None or plan is None:
+        return None
+    from numaplan.runtime.compare import compare_prediction
+
+    return compare_prediction(plan, stats)
 
 
 def render_stats(s, name: str) -> str:

@@ -6,6 +6,14 @@ Group quantization replaces a linear ``X.weight [out, in]`` with ``X.q_weight`` 
 in uint32) and ``X.q_scale`` (one scale per group, in the model dtype). In the ``NK`` layout
 (``*_1``) groups run along the input dimension; the ``KN`` layout (``*_0``) stores the transpose,
 which MLC refuses to shard, so numaplan reads those models but plans them for one worker only.
+
+Sizing-only presets describe formats MLC has no kernels for, so that the planner and the
+predictor can size and price them (``int8_weight_only``: int8 weights with one float16 scale
+per 32, the 34 bytes per 32 weights of llama.cpp's Q8_0, within 6 % of SGLang's per-channel
+W8A8 weights; ``q5_1_sizing``: 5-bit weights, 20 bytes per 32, with a 4-byte group scale, the
+24 bytes per 32 weights of llama.cpp's Q5_1, whose float16 scale and float16 minimum this
+preset holds as one float32, so its activations and KV cache are float32 too). Nothing can be
+compiled or run with them: :func:`require_kernels` says so.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ class Quantization(Frozen):
     layout: Literal["NK", "KN"] | None = None
     quantize_embedding: bool = False
     quantize_final_fc: bool = False
+    #: Plans and predictions only: no kernels exist (compile and run refuse it).
+    sizing_only: bool = False
 
     @property
     def is_group_quant(self) -> bool:
@@ -139,11 +149,12 @@ class Quantization(Frozen):
 
 
 def _group(name: str, model_dtype: str, *, bits: int, group_size: int, layout: str,
-           quantize_embedding: bool = True, quantize_final_fc: bool = True) -> Quantization:
+           quantize_embedding: bool = True, quantize_final_fc: bool = True,
+           sizing_only: bool = False) -> Quantization:
     return Quantization(name=name, kind="group-quant", model_dtype=model_dtype,  # type: ignore[arg-type]
                         quantize_bits=bits, storage_dtype="uint32", group_size=group_size,
                         layout=layout, quantize_embedding=quantize_embedding,  # type: ignore[arg-type]
-                        quantize_final_fc=quantize_final_fc)
+                        quantize_final_fc=quantize_final_fc, sizing_only=sizing_only)
 
 
 #: The schemes numaplan understands, by MLC name.
@@ -160,11 +171,38 @@ QUANTIZATIONS = MappingProxyType({q.name: q for q in (
     _group("q4f32_1", "float32", bits=4, group_size=32, layout="NK"),
     _group("q4f16_2", "float16", bits=4, group_size=32, layout="NK",
            quantize_embedding=False, quantize_final_fc=False),
+    # Sizing only (see the module docstring); the embedding stays float16, as in Q8_0 models'
+    # usual token tables and SGLang's INT8 checkpoints.
+    _group("int8_weight_only", "float16", bits=8, group_size=32, layout="NK",
+           quantize_embedding=False, quantize_final_fc=True, sizing_only=True),
+    _group("q5_1_sizing", "float32", bits=5, group_size=32, layout="NK",
+           quantize_embedding=False, quantize_final_fc=True, sizing_only=True),
 )})
 
 # MLC schemes whose parameters are not group/no-quant shaped; named so the error is precise.
 _UNSUPPORTED_MLC = frozenset({"q4f16_autoawq", "q4f16_ft", "e5m2_e5m2_f16", "e4m3_e4m3_f16",
                               "e4m3_e4m3_f16_max_calibrate"})
+
+
+def require_kernels(quant: Quantization) -> Quantization:
+    """Return ``quant``, or raise when it is a sizing-only preset (nothing can run it).
+
+    Raises
+    ------
+    ModelFormatError
+        For a sizing-only preset, saying what it is for.
+
+    Examples
+    --------
+    >>> require_kernels(get_quantization("q4f16_1")).name
+    'q4f16_1'
+    """
+    if quant.sizing_only:
+        raise ModelFormatError(f"{quant.name} is a sizing-only preset for planning and "
+                               "predicting (MLC and numaplan have no kernels for it): plan with "
+                               "`numaplan compile --no-build`; to run, convert the model to a "
+                               "quantization with kernels (q4f16_1, q0f16, q0f32)")
+    return quant
 
 
 def get_quantization(name: str) -> Quantization:

@@ -29,7 +29,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from numaplan.model.architecture import Architecture, parse_architecture
-from numaplan.model.quantization import get_quantization
+from numaplan.model.quantization import get_quantization, require_kernels
 from numaplan.nn import kernels
 from numaplan.nn.decoder import CausalLM
 
@@ -132,7 +132,7 @@ def export_model(arch: Architecture, shards: int, *,
     """
     from numaplan.passes.schedules import resolve_target
 
-    quant = get_quantization(arch.quantization)
+    quant = require_kernels(get_quantization(arch.quantization))
     model = CausalLM(arch, quant, shards)
     tgt = resolve_target(target or "llvm")
     chosen = kernels.KernelPolicy(

@@ -1,6 +1,7 @@
 """The obvious ways to run W tensor-parallel workers, as placements the predictor can price.
 
-- ``single_node``: all workers on the fastest node with enough cores, memory local;
+- ``single_node``: all workers on the fastest node (:meth:`PlacementProblem.node_speed`) with
+  enough cores, memory local;
 - ``interleave``: workers spread evenly, every page interleaved over all memory nodes
   (``numactl --interleave=all``);
 - ``first_touch``: workers spread evenly, every weight page first touched by one loader thread
@@ -45,7 +46,7 @@ def baseline(p: PlacementProblem, name: str) -> Solution | None:
         fits = [n for n in p.cpu_node_ids if p.max_workers[n] >= p.num_workers]
         if not fits:
             return None
-        n = max(fits, key=lambda n: (p.bw(n, p.home_of[n]) or 0, -n))
+        n = max(fits, key=lambda n: (p.node_speed(n), -n))
         return _uniform(p, {n: p.num_workers}, {p.home_of[n]: 1.0}, name)
     counts = _even_counts(p)
     if name == "interleave":

@@ -237,6 +237,9 @@ def _nodes(c: _Collector, a: Plan, b: Plan, b_label: str) -> None:
             parts.append(f"homed {_delta_bytes(x.bytes_homed, y.bytes_homed)}")
         if x.predicted_read_s != y.predicted_read_s:
             parts.append(f"read/token {_ms(x.predicted_read_s)} -> {_ms(y.predicted_read_s)}")
+        if x.predicted_compute_s != y.predicted_compute_s:
+            parts.append(f"compute/token {_ms(x.predicted_compute_s)} -> "
+                         f"{_ms(y.predicted_compute_s)}")
         if parts:
             c.add("nodes", subject, f"node {nid}: " + "; ".join(parts))
 
@@ -415,7 +418,8 @@ def _prediction(c: _Collector, a: Plan, b: Plan) -> None:
               f"{format_tps(pb.tokens_per_s)} tokens/s{change} at batch {pa.batch_size}"
               + ("" if pa.batch_size == pb.batch_size else f" -> {pb.batch_size}"))
     parts = [f"{what} {_ms(x)} -> {_ms(y)}" for what, x, y in
-             (("read", pa.read_s, pb.read_s), ("collectives", pa.collective_s, pb.collective_s))
+             (("read", pa.read_s, pb.read_s), ("compute", pa.compute_s, pb.compute_s),
+              ("collectives", pa.collective_s, pb.collective_s))
              if _ms(x) != _ms(y)]
     if parts:
         c.add("prediction", "per token", "per token: " + ", ".join(parts))

@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from numaplan.model.roles import Role
-from numaplan.plan.schema import PlanTensor
+from numaplan.plan.schema import PlanPrediction, PlanTensor
 
 #: Runs of layers shown per group of tensors before "... and N more".
 MAX_RUNS = 4
@@ -39,6 +39,17 @@ def format_seconds(s: float | None) -> str:
     if s >= 1e-3:
         return f"{s * 1e3:.3f} ms"
     return f"{s * 1e6:.2f} us"
+
+
+def roofline_text(pr: PlanPrediction) -> str:
+    """``read 1.234 ms | compute 2.345 ms (binds)`` or, without a compute term, ``read 1.234 ms
+    (no compute term: ...)``: what the predicted node time is made of."""
+    if pr.compute_source is None:
+        return f"read {pr.read_s * 1e3:.3f} ms (no compute term: the cost model has no kernel " \
+               "figures, memory reads only)"
+    binds = "compute" if pr.compute_s > pr.read_s else "read"
+    return (f"max(read {pr.read_s * 1e3:.3f} ms, compute {pr.compute_s * 1e3:.3f} ms): {binds} "
+            f"binds")
 
 
 def format_tps(tokens_per_s: float) -> str:

@@ -17,8 +17,9 @@ PLAN_FILE = "numa-plan.json"
 
 #: ``{from_version: function(doc) -> doc of from_version + 1}``; applied one step at a time.
 #: A version with no migration is refused with what the newer one added: version 1 lacks the
-#: KV-cache capacity, which only the planner can size (it depends on the memory left after the
-#: weights), so a version-1 plan is re-made, not converted.
+#: roofline's compute term and the KV-cache capacity, which only the planner can work out (they
+#: need the cost model and the memory left after the weights), so a version-1 plan is re-made,
+#: not converted.
 MIGRATIONS: dict[int, Any] = {}
 
 

@@ -25,7 +25,6 @@ from numaplan.model.sizes import KV_PAGE_TOKENS
 from numaplan.plan import baselines, solver_greedy, solver_partition
 from numaplan.plan.predict import Prediction, lower_bound, predict
 from numaplan.plan.problem import (
-    DEFAULT_COLLECTIVE_ALPHA_S,
     DEFAULT_MEM_HEADROOM,
     MIN_KV_TOKENS,
     PAGE,
@@ -85,7 +84,8 @@ class PlanOptions(Frozen):
     solver: str = "auto"
     mip_backend: str = "auto"
     time_limit_s: float = DEFAULT_TIME_LIMIT_S
-    collective_alpha_s: float = DEFAULT_COLLECTIVE_ALPHA_S
+    #: ``None``: the cost model's measured all-reduce alpha, else the nominal one.
+    collective_alpha_s: float | None = None
     oversubscribe: bool = False
     max_total_seq_len: int | None = Field(default=None, ge=1)
     kv_windows: int = Field(default=1, ge=1)
@@ -418,7 +418,10 @@ def _spell_out(workload: Workload, topo: Topology, cost: CostModel, options: Pla
         mem_capacity_basis=n.capacity_basis, worker_ids=tuple(by_node.get(n.node_id, ())),
         bytes_homed=homed.get(n.node_id, 0),
         predicted_read_s=(r6(pred.per_node_read_s[n.node_id])
-                          if n.node_id in pred.per_node_read_s else None))
+                          if n.node_id in pred.per_node_read_s else None),
+        predicted_compute_s=(r6(pred.per_node_compute_s[n.node_id])
+                             if n.node_id in pred.per_node_compute_s else None),
+        bound=pred.bound.get(n.node_id))  # type: ignore[arg-type]
         for n in p.nodes)
     counts = {n: len(ids) for n, ids in by_node.items()}
     choices = [CollectiveChoice(phase="decode", message_bytes=p.allreduce_bytes,
@@ -450,11 +453,18 @@ def _spell_out(workload: Workload, topo: Topology, cost: CostModel, options: Pla
             tokens_per_s=r6(bp.tokens_per_s), token_s=r6(bp.token_s), fits=bp.fits,
             workers_per_node=dict(sorted(b.workers_per_node.items())),
             cross_node_read_bytes_per_token=bp.cross_node_read_bytes_per_token)
-    nominal = cost.method == "slit" and "nominal" in str(cost.params.get("local_bw_source", ""))
+    # Assumed, not measured: SLIT's nominal bandwidth, or figures from memory specifications.
+    nominal = cost.method == "memory-spec" or (
+        cost.method == "slit" and "nominal" in str(cost.params.get("local_bw_source", "")))
     prediction = PlanPrediction(
         batch_size=p.batch_size, token_s=r6(pred.token_s), tokens_per_s=r6(pred.tokens_per_s),
-        read_s=r6(pred.read_s), collective_s=r6(pred.collective_s),
+        read_s=r6(pred.read_s), compute_s=r6(pred.compute_s),
+        collective_s=r6(pred.collective_s), compute_source=p.compute_source,
+        collective_alpha_s=r6(p.collective_alpha_s),
+        collective_alpha_source=("request" if options.collective_alpha_s is not None else
+                                 "measured" if cost.collective is not None else "nominal"),
         per_node_read_s={k: r6(v) for k, v in pred.per_node_read_s.items()},
+        per_node_compute_s={k: r6(v) for k, v in pred.per_node_compute_s.items()},
         bytes_read_per_token=pred.bytes_read_per_token,
         cross_node_read_bytes_per_token=pred.cross_node_read_bytes_per_token,
         lower_bound_token_s=r6(lb), lower_bound_tokens_per_s=r6(1 / lb),
@@ -504,7 +514,8 @@ def _log_worker(p: PlacementProblem, s: Solution, pred: Prediction, w: int, n: i
     why = ("node_affinity pins it there" if w in affinity else
            f"the {s.solver} solution ({s.status}) puts {k} of {p.num_workers} workers on node "
            f"{n}, whose CPUs read their memory node at {bw / 1e9:.1f} GB/s; node read time "
-           f"{1e3 * pred.per_node_read_s.get(n, 0.0):.3f} ms per token")
+           f"{1e3 * pred.per_node_read_s.get(n, 0.0):.3f} ms per token (compute "
+           f"{1e3 * pred.per_node_compute_s.get(n, 0.0):.3f} ms)")
     mem = p.home_of[n]
     where = "its own node" if mem == n else f"node {mem} (node {n} has no usable memory)"
     log.debug("worker %d -> node %d, CPUs %s (%d threads), memory bound to %s, because %s",

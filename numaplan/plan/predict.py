@@ -3,13 +3,17 @@
 One function, :func:`predict`, evaluates every placement: the solvers' answers, the baselines
 and the lower bound are all measured with the same ruler, so the plan's comparisons are fair.
 
-    token time = weight+KV read time + collective time
+    token time = max over nodes of max(read time, compute time) + collective time
 
-- read time (decode is memory-bandwidth bound): every node's CPUs stream what their workers read
-  from each memory node j at the cost model's bandwidth ``bw[i][j]``, and every memory node's
-  DRAM serves all its readers at its own bandwidth; the slowest of these is the read time
-  (nodes run in parallel; identical layers make the per-phase maxima of docs/background.md
-  1.1 add up to this);
+- read time: every node's CPUs stream what their workers read from each memory node j at the
+  cost model's bandwidth ``bw[i][j]``, and every memory node's DRAM serves all its readers at its
+  own bandwidth;
+- compute time (a roofline, when the cost model measured the decode kernels): node i's workers
+  consume ``k_i x`` their weight bytes at the rate all of node i's cores' products reach, plus
+  one worker's fixed cost per product call. With few cores, dequantizing and multiplying, not
+  memory, sets the pace;
+- nodes run in parallel, and identical layers make the per-phase maxima of docs/background.md
+  1.1 add up to the slowest node's (or memory node's) time;
 - collective time: two all-reduces per layer plus one broadcast per step
   (:mod:`numaplan.plan.collective`).
 """
@@ -31,10 +35,13 @@ class Prediction(Frozen):
 
     token_s: float
     read_s: float
+    compute_s: float
     collective_s: float
     tokens_per_s: float
     per_node_read_s: dict[int, float]
     per_home_read_s: dict[int, float]
+    per_node_compute_s: dict[int, float]
+    bound: dict[int, str]
     bytes_read_per_token: int
     cross_node_read_bytes_per_token: int
     mem_used_bytes: dict[int, int]
@@ -110,6 +117,16 @@ def predict(p: PlacementProblem, s: Solution) -> Prediction:
             per_node[i] += b / bw
         per_home[j] += b / p.dram_bw(j)
     read_s = max([*per_node.values(), *per_home.values(), 0.0])
+    compute = {i: p.compute_time(i, k) for i, k in s.workers_per_node.items()
+               if k > 0 and i in p.compute_bytes_per_s}
+    compute_s = max([*compute.values(), 0.0])
+    # Which ceiling a node meets: its compute, or the reads of its CPUs or of its memory home
+    # (a reader node is read-bound when its own streaming or its home's DRAM is the slower).
+    bound = {}
+    for i, k in s.workers_per_node.items():
+        if k > 0:
+            r = max(per_node.get(i, 0.0), per_home.get(p.home_of[i], 0.0))
+            bound[i] = "compute" if compute.get(i, 0.0) > r else "read"
     counts = {n: k for n, k in s.workers_per_node.items() if k > 0}
     algo, ar = allreduce_choice(p, counts, p.allreduce_bytes)
     palgo, par = allreduce_choice(p, counts, p.prefill_allreduce_bytes)
@@ -120,12 +137,13 @@ def predict(p: PlacementProblem, s: Solution) -> Prediction:
         cap = p.node(j).mem_capacity_bytes
         if cap is not None and b > cap:
             over[j] = b - cap
-    token = read_s + coll
+    token = max(read_s, compute_s) + coll
     return Prediction(
-        token_s=token, read_s=read_s, collective_s=coll,
+        token_s=token, read_s=read_s, compute_s=compute_s, collective_s=coll,
         tokens_per_s=1.0 / token if token > 0 else float("inf"),
         per_node_read_s=dict(sorted(per_node.items())),
         per_home_read_s=dict(sorted(per_home.items())),
+        per_node_compute_s=dict(sorted(compute.items())), bound=dict(sorted(bound.items())),
         bytes_read_per_token=int(sum(reads.values())),
         cross_node_read_bytes_per_token=int(sum(b for (i, j), b in reads.items() if i != j)),
         mem_used_bytes=dict(sorted(used.items())), fits=not over, over_capacity=over,
@@ -140,10 +158,12 @@ def lower_bound(p: PlacementProblem) -> float:
     A worker on node i needs at least ``c_i = weights / best_i + kv / home_i`` seconds of node
     i's read capacity per token: its weight bytes at the best bandwidth node i's CPUs have to any
     memory node, and its KV cache (which numaplan keeps on the worker's own memory node) at that
-    node's bandwidth. For every number ``a`` of active nodes, the ``a`` cheapest nodes sharing W
-    workers continuously give ``W / sum(1 / c_i)``, and all the bytes can go no faster than all
-    DRAM together; to that the cheapest collective any ``a``-node split can have is added. The
-    bound is the minimum over ``a``. (Even, integer shards, as MLC's tensor parallelism has, can
+    node's bandwidth; with a compute term, ``c_i`` is at least its products' time on node i's
+    cores (and every active node pays at least the smallest fixed call cost). For every number
+    ``a`` of active nodes, the ``a`` cheapest nodes sharing W workers continuously give
+    ``W / sum(1 / c_i)``, and all the bytes can go no faster than all DRAM together; to that
+    the cheapest collective any ``a``-node split can have is added. The bound is the minimum
+    over ``a``. (Even, integer shards, as MLC's tensor parallelism has, can
     stay well above it when node bandwidths differ and W is small: see docs/cost-model.md.)
     """
     W = p.num_workers
@@ -154,8 +174,10 @@ def lower_bound(p: PlacementProblem) -> float:
         best = max((p.bw(i, j) or 0.0) for j in p.mem_node_ids)
         home = p.bw(i, p.home_of[i]) or best
         if best > 0:
-            cost.append(weights / best + kv / home)
+            cost.append(max(weights / best + kv / home, p.compute_s_per_worker(i)))
     cost.sort()
+    # Every active node pays one worker's fixed product calls: no plan beats the cheapest.
+    fixed = min((p.compute_fixed_s.get(i, 0.0) for i in p.cpu_node_ids), default=0.0)
     dram = sum(p.dram_bw(j) for j in p.mem_node_ids)
     total = W * (weights + kv)
     stats = _pair_stats(p) if W > 1 and len(p.cpu_node_ids) > 1 else None
@@ -163,7 +185,7 @@ def lower_bound(p: PlacementProblem) -> float:
     for a in range(1, len(cost) + 1):
         if a > W:
             break
-        read = max(W / sum(1.0 / c for c in cost[:a]), total / dram)
+        read = max(W / sum(1.0 / c for c in cost[:a]), total / dram, fixed)
         best_t = min(best_t, read + _coll_floor(p, a, stats))
     return best_t
 

@@ -8,7 +8,9 @@ need it (docs/background.md 1.2: aggregate before solving):
 - replicated tensors form two groups: ``stream`` (norms, lm_head, or the tied embedding: read in
   full by every worker at every token) and ``sparse`` (an untied embedding: only ``batch`` rows
   are read per token, but a full copy must live somewhere);
-- the KV cache of a worker lives at the worker's memory home and is read every token.
+- the KV cache of a worker lives at the worker's memory home and is read every token;
+- when the cost model measured the decode kernels (``CostModel.compute``), every CPU node also
+  has a compute ceiling: the weight bytes per second all its cores' products consume.
 """
 
 from __future__ import annotations
@@ -101,6 +103,10 @@ class PlacementProblem(Frozen):
     max_workers: dict[int, int] = Field(default_factory=dict)
     batch_size: int = 1
     context_tokens: int = 0
+    compute_bytes_per_s: dict[int, float] = Field(default_factory=dict)
+    compute_bytes_per_worker: int = 0
+    compute_fixed_s: dict[int, float] = Field(default_factory=dict)
+    compute_source: str | None = None
     _index: dict[int, int] = PrivateAttr(default_factory=dict)
     _dram: dict[int, float] = PrivateAttr(default_factory=dict)
 
@@ -139,6 +145,33 @@ class PlacementProblem(Frozen):
         self._dram[mem] = best
         return best
 
+    def compute_s_per_worker(self, node_id: int) -> float:
+        """Seconds of node ``node_id``'s whole compute one worker's products take per token
+        (0 when the node has no compute figure: no compute term)."""
+        rate = self.compute_bytes_per_s.get(node_id)
+        return self.compute_bytes_per_worker / rate if rate else 0.0
+
+    def compute_time(self, node_id: int, k: int) -> float:
+        """Seconds node ``node_id``'s ``k`` workers' products take per token: their bytes on
+        the node's cores plus one worker's fixed call costs (each worker runs its own products
+        at the same time as the others); 0 for no worker or no compute term."""
+        if k <= 0 or node_id not in self.compute_bytes_per_s:
+            return 0.0
+        return k * self.compute_s_per_worker(node_id) + self.compute_fixed_s.get(node_id, 0.0)
+
+    def node_speed(self, node_id: int) -> float:
+        """How fast node ``node_id`` serves workers with its memory local: its local bandwidth
+        without a compute term (the same order and proportions as tokens per second), else
+        workers' tokens per second under the roofline (the slower of its reads and its
+        products). Greedy counts, bisection weights and the single-node baseline follow it."""
+        bw = self.bw(node_id, self.home_of[node_id]) or 0.0
+        if not self.compute_bytes_per_s:
+            return bw
+        read = self.split_bytes_per_worker + self.replica_stream_bytes + \
+            self.kv_read_bytes_per_worker
+        t = max(read / bw if bw else float("inf"), self.compute_time(node_id, 1))
+        return 1.0 / t if t > 0 else 0.0
+
     @property
     def replica_stream_bytes(self) -> int:
         """Bytes of replicated tensors every worker reads per token."""
@@ -165,7 +198,7 @@ def build_problem(
     prefer_local_memory: bool = True,
     node_affinity: Mapping[int, int] | None = None,
     mem_headroom: float = DEFAULT_MEM_HEADROOM,
-    collective_alpha_s: float = DEFAULT_COLLECTIVE_ALPHA_S,
+    collective_alpha_s: float | None = None,
     prefill_tokens: int | None = None,
     oversubscribe: bool = False,
     kv_capacity_tokens: int | None = None,
@@ -192,7 +225,8 @@ def build_problem(
     mem_headroom
         Share of each node's memory left unplanned (see :func:`node_capacity`).
     collective_alpha_s
-        Software cost of one collective call.
+        Software cost of one collective call; ``None``: the cost model's measured figure, else
+        :data:`DEFAULT_COLLECTIVE_ALPHA_S`.
     prefill_tokens
         Tokens per prefill chunk, for the prefill all-reduce size (default: 2048 or the context
         window if smaller).
@@ -299,6 +333,13 @@ def build_problem(
         raise InfeasiblePlanError(f"{W} workers need {W} physical cores; the usable nodes have "
                                   f"{sum(max_workers.values())} (--oversubscribe lets workers "
                                   f"share cores, for correctness runs only)")
+    if collective_alpha_s is None:
+        collective_alpha_s = (cost.collective.alpha_s if cost.collective is not None
+                              else DEFAULT_COLLECTIVE_ALPHA_S)
+    compute, compute_source = _compute_ceilings(workload, cost, nodes)
+    products = products_per_token(workload)
+    fixed = {n: products * cost.call_cost(n, workload.quantization) for n in compute}
+    stream_reads = sum(g.read_bytes_per_token for g in replicas)
     return PlacementProblem(
         num_workers=W, nodes=tuple(nodes), cpu_node_ids=cpu_nodes, mem_node_ids=mem_nodes,
         bw_gbps=bw, lat_ns=lat, home_of=home_of, split_bytes_per_worker=split,
@@ -311,7 +352,10 @@ def build_problem(
         broadcasts_per_token=1 if W > 1 else 0,
         collective_alpha_s=collective_alpha_s, prefer_local_memory=prefer_local_memory,
         min_workers=min_workers, max_workers=max_workers, batch_size=batch_size,
-        context_tokens=ctx,
+        context_tokens=ctx, compute_bytes_per_s=compute,
+        compute_bytes_per_worker=split + stream_reads if compute else 0,
+        compute_fixed_s={n: v for n, v in fixed.items() if v > 0},
+        compute_source=compute_source,
     )
 
 
@@ -360,6 +404,31 @@ def node_capacity(node: Node, *, usable: bool, mem_headroom: float,
         if cap is None or free < cap:
             cap, basis = free, f"reported free less {mem_headroom:.0%} headroom"
     return cap, basis
+
+
+#: Roles whose weights a decode step multiplies by the activation, one kernel call each.
+_PRODUCT_ROLES = frozenset({Role.ATTN_QKV, Role.ATTN_OUT, Role.MLP_IN, Role.MLP_OUT, Role.LM_HEAD})
+
+
+def products_per_token(workload: Workload) -> int:
+    """Weight products (kernel calls) one worker runs per decode token: every linear's weight,
+    and the tied embedding as the output projection."""
+    n = sum(1 for t in workload.tensors if t.role in _PRODUCT_ROLES and
+            t.name.rsplit(".", 1)[-1] in ("weight", "q_weight"))
+    return n + (1 if workload.tie_word_embeddings else 0)
+
+
+def _compute_ceilings(workload: Workload, cost: CostModel, nodes: Sequence[NodeResources]
+                      ) -> tuple[dict[int, float], str | None]:
+    """Each CPU node's weight bytes per second (per-core figure x its physical cores), and where
+    the figures came from; empty and ``None`` unless every CPU node has one for the model's
+    quantization (a partial compute term would favour the unmeasured nodes)."""
+    cpu = [n for n in nodes if n.cores]
+    rates = {n.node_id: cost.compute_rate(n.node_id, workload.quantization) for n in cpu}
+    if not cpu or any(r is None for r in rates.values()):
+        return {}, None
+    return ({n.node_id: rates[n.node_id] * len(n.cores) for n in cpu},  # type: ignore[operator]
+            f"{cost.method}: {workload.quantization} decode kernels")
 
 
 def _itemsize(dtype: str) -> int:

@@ -18,10 +18,15 @@ from pydantic import Field, model_validator
 
 from numaplan._base import Frozen
 
+#: 2: the prediction is a roofline (per-node read, compute and binding ceiling; the compute
+#: term's source and the collective alpha's), and the plan states the KV cache every worker
+#: reserves and the basis of each node's memory capacity. Version 1 plans are refused by
+#: :func:`numaplan.plan.io.plan_from_dict` (see :data:`SCHEMA_CHANGES`).
 SCHEMA_VERSION = 2
 #: What each version added, for the message that refuses an older plan.
-SCHEMA_CHANGES = {2: "the KV-cache capacity every worker reserves and the basis of each node's "
-                     "memory capacity"}
+SCHEMA_CHANGES = {2: "a roofline prediction (read and compute per node), the KV-cache "
+                     "capacity every worker reserves and the basis of each node's memory "
+                     "capacity"}
 
 _SCALAR_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+|null|true|false|\"[^\"\n]*\")"
                           r"(?:,\s*(?:-?[\d.eE+-]+|null|true|false|\"[^\"\n]*\"))*)\s*\]")
@@ -59,6 +64,8 @@ class PlanNode(Frozen):
     worker_ids: tuple[int, ...]
     bytes_homed: int
     predicted_read_s: float | None
+    predicted_compute_s: float | None
+    bound: Literal["read", "compute"] | None
 
 
 class PlanTopology(Frozen):
@@ -193,14 +200,26 @@ class BaselinePrediction(Frozen):
 
 class PlanPrediction(Frozen):
     """Predicted decode speed (a prediction: ``nominal`` says whether the cost figures were
-    measured or assumed)."""
+    measured or assumed).
+
+    ``token_s = max(read_s, compute_s) + collective_s`` (the roofline of
+    :mod:`numaplan.plan.predict`). ``compute_source`` names the kernel figures of the compute
+    term; ``None`` means the cost model had none for this quantization on every CPU node, so
+    ``compute_s`` is 0 and the prediction counts memory reads and collectives only.
+    ``collective_alpha_source`` says whether the per-call collective cost was measured.
+    """
 
     batch_size: int
     token_s: float
     tokens_per_s: float
     read_s: float
+    compute_s: float
     collective_s: float
+    compute_source: str | None
+    collective_alpha_s: float
+    collective_alpha_source: Literal["measured", "nominal", "request"]
     per_node_read_s: dict[int, float]
+    per_node_compute_s: dict[int, float]
     bytes_read_per_token: int
     cross_node_read_bytes_per_token: int
     lower_bound_token_s: float

@@ -16,6 +16,7 @@ from numaplan.cost import (
     DEFAULT_PENALTY,
     CostModel,
     Penalty,
+    cost_from_memory_spec,
     cost_from_slit,
     read_cost_json,
     read_mlc_files,
@@ -45,6 +46,9 @@ class PlanSettings(Frozen):
         A cost model JSON (``numaplan probe -o``); checked to cover the machine.
     mlc_output
         Intel MLC output to use as the cost model instead.
+    memory_spec
+        Memory specifications to derive the cost model from instead
+        (:mod:`numaplan.cost.memspec`: ``[NODES:]CHANNELSxMTS[@EFFICIENCY];...``).
     batch_size, context_tokens, solver, mip_backend, time_limit_s, oversubscribe
     max_total_seq_len, kv_windows, plan_against_free
         As in :class:`~numaplan.plan.planner.PlanOptions`.
@@ -57,6 +61,7 @@ class PlanSettings(Frozen):
     node_affinity: dict[int, int] = Field(default_factory=dict)
     cost_model: str | None = None
     mlc_output: str | None = None
+    memory_spec: str | None = None
     batch_size: int = 1
     context_tokens: int | None = None
     solver: str = "auto"
@@ -69,8 +74,8 @@ class PlanSettings(Frozen):
 
     @model_validator(mode="after")
     def _one_cost_source(self) -> PlanSettings:
-        if self.cost_model and self.mlc_output:
-            raise ValueError("give cost_model or mlc_output, not both")
+        if sum(bool(x) for x in (self.cost_model, self.mlc_output, self.memory_spec)) > 1:
+            raise ValueError("give one of cost_model, mlc_output and memory_spec")
         return self
 
 
@@ -103,7 +108,8 @@ def load_cost(settings: PlanSettings, topology: Topology) -> CostModel:
     Parameters
     ----------
     settings
-        Its ``cost_model`` or ``mlc_output`` file; neither: SLIT distances and the penalty.
+        Its ``cost_model`` or ``mlc_output`` file or its ``memory_spec``; none: SLIT distances
+        and the penalty.
     topology
         The machine (not restricted to ``numa_nodes``: the planner restricts it).
 
@@ -118,6 +124,9 @@ def load_cost(settings: PlanSettings, topology: Topology) -> CostModel:
         return cost
     if settings.mlc_output:
         return read_mlc_files(settings.mlc_output, None, topology)
+    if settings.memory_spec:
+        return cost_from_memory_spec(topology, settings.memory_spec,
+                                     penalty=settings.numa_inter_node_penalty)
     return cost_from_slit(topology, penalty=settings.numa_inter_node_penalty)
 
 

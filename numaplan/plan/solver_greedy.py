@@ -1,4 +1,8 @@
-"""Greedy placement: bandwidth-proportional worker counts, local-first memory with spill.
+"""Greedy placement: speed-proportional worker counts, local-first memory with spill.
+
+A node's speed is how many workers' tokens it serves per second: its local bandwidth over a
+worker's reads, or, with a compute term, its cores' rate over a worker's products when that is
+slower (the roofline of :mod:`numaplan.plan.predict`).
 
 Always runs: it is the answer when no MIP solver is wanted, the ILP's warm start, and the
 reference the property tests compare the ILP against. It tries using the 1, 2, 4, ... fastest
@@ -27,7 +31,7 @@ def solve(problem: PlacementProblem, *, time_limit_s: float | None = None,
         missing.
     """
     p = problem
-    order = sorted(p.cpu_node_ids, key=lambda n: (-_local_bw(p, n), n))
+    order = sorted(p.cpu_node_ids, key=lambda n: (-p.node_speed(n), n))
     sizes = sorted({*(2 ** e for e in range(len(order).bit_length())), len(order)})
     best: tuple[float, Solution] | None = None
     last_error: InfeasiblePlanError | None = None
@@ -50,19 +54,15 @@ def solve(problem: PlacementProblem, *, time_limit_s: float | None = None,
     return best[1].model_copy(update={"objective_s": best[0]})
 
 
-def _local_bw(p: PlacementProblem, n: int) -> float:
-    return p.bw(n, p.home_of[n]) or 0.0
-
-
 def counts_for(p: PlacementProblem, nodes: list[int], *, weights: dict[int, float] | None = None
                ) -> dict[int, int]:
-    """Worker counts on ``nodes``: affinity minimums first, the rest by bandwidth (or weights)."""
+    """Worker counts on ``nodes``: affinity minimums first, the rest by speed (or weights)."""
     W = p.num_workers
     base = {n: p.min_workers.get(n, 0) for n in nodes}
     rest = W - sum(base.values())
     if rest < 0:
         raise InfeasiblePlanError("node_affinity pins more workers than W")
-    w = [weights[n] if weights else _local_bw(p, n) for n in nodes]
+    w = [weights[n] if weights else p.node_speed(n) for n in nodes]
     caps = [min(p.max_workers[n] - base[n], _mem_cap_workers(p, n) - base[n]) for n in nodes]
     caps = [max(c, 0) for c in caps]
     if sum(caps) < rest and sum(min(p.max_workers[n] - base[n], W) for n in nodes) >= rest:

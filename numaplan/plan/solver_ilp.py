@@ -13,8 +13,11 @@ Variables (C = CPU nodes, M = memory nodes, G = replicated groups):
 - ``g[i,j]`` >= 0 split bytes (MB, times in microseconds) of node i's workers homed on j;
 - ``x[g,i,j]`` binary, node i reads group g's copy on j; ``c[g,j]`` a copy of g on j;
   ``w[g,i,j]`` = k_i x[g,i,j] (linearised);
-- ``T_read`` >= every reader node's and every memory node's streaming time; collective terms
-  ``T_ar``, ``T_intra``, ``T_lat``, ``T_pair``, ``T_pbw``.
+- ``T_read`` >= every reader node's and every memory node's streaming time, and every CPU
+  node's compute time ``k_i x`` (one worker's products on the node's cores) ``+ y_i x`` (one
+  worker's fixed call costs) when the cost model has a compute term: the roofline of
+  :mod:`numaplan.plan.predict`; collective terms ``T_ar``, ``T_intra``, ``T_lat``, ``T_pair``,
+  ``T_pbw``.
 
 Objective: ``T_read + n_allreduce * T_ar + n_broadcast * (alpha + T_lat + T_pair)``.
 """
@@ -155,6 +158,10 @@ def build_model(p: PlacementProblem) -> tuple[pulp.LpProblem, dict]:
     for i in C:
         prob += t_read >= pulp.lpSum((US / (p.bw(i, j) / MB)) * pulp.lpSum(e)
                                      for (r, j), e in reads.items() if r == i), f"reader_{i}"
+    for i in C:
+        if i in p.compute_bytes_per_s:
+            prob += t_read >= (US * p.compute_s_per_worker(i)) * k[i] + \
+                (US * p.compute_fixed_s.get(i, 0.0)) * y[i], f"compute_{i}"
     for j in M:
         terms = [pulp.lpSum(e) for (r, m), e in reads.items() if m == j]
         if terms:

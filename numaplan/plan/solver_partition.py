@@ -34,10 +34,6 @@ def topology_graph(p: PlacementProblem) -> nx.Graph:
     return g
 
 
-def _local_bw(p: PlacementProblem, n: int) -> float:
-    return p.bw(n, p.home_of[n]) or 0.0
-
-
 def _split(p: PlacementProblem, g: nx.Graph, nodes: list[int], workers: int, seed: int,
            out: dict[int, int]) -> None:
     if workers == 0:
@@ -53,7 +49,7 @@ def _split(p: PlacementProblem, g: nx.Graph, nodes: list[int], workers: int, see
     free = workers - sum(pinned)
     if free < 0:
         raise InfeasiblePlanError("node_affinity pins more workers than W")
-    weights = [sum(_local_bw(p, n) for n in h) for h in halves]
+    weights = [sum(p.node_speed(n) for n in h) for h in halves]
     extra = largest_remainder(free, weights, caps)
     for h, pin, e in zip(halves, pinned, extra, strict=True):
         _split(p, g, h, pin + e, seed, out)

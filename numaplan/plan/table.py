@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from numaplan.plan.formatting import format_ids, format_seconds, format_tps, human_bytes
+from numaplan.plan.formatting import (
+    format_ids,
+    format_seconds,
+    format_tps,
+    human_bytes,
+    roofline_text,
+)
 from numaplan.plan.schema import Plan
 from numaplan.plan.views import remote_groups, threads_on_node
 
@@ -81,9 +87,12 @@ def render_plan_table(plan: Plan) -> str:
                      (n.cpus or "-") + kind, str(threads_on_node(plan, n.node_id) or "-"),
                      human_bytes(n.bytes_homed), human_bytes(n.mem_capacity_bytes),
                      _pct(n.bytes_homed, n.mem_capacity_bytes),
-                     format_seconds(n.predicted_read_s)])
+                     format_seconds(n.predicted_read_s),
+                     format_seconds(n.predicted_compute_s) + (" *" if n.bound == "compute"
+                                                              else "")])
     lines += _table(["node", "socket", "workers", "cpus", "threads", "homed", "capacity",
-                     "used", "read/token"], rows, right={0, 1, 4, 5, 6, 7, 8})
+                     "used", "read/token", "compute/token"], rows,
+                    right={0, 1, 4, 5, 6, 7, 8, 9})
 
     lines += ["", "workers:"]
     rows = [[str(w.worker_id), str(w.node_id), w.cpus, str(w.num_threads),
@@ -108,8 +117,9 @@ def render_plan_table(plan: Plan) -> str:
     label = "prediction (nominal cost figures):" if pr.nominal else "prediction:"
     lines += ["", label,
               f"  {format_tps(pr.tokens_per_s)} tokens/s at batch {pr.batch_size}: "
-              f"{format_seconds(pr.token_s)} per token = read {format_seconds(pr.read_s)} + "
-              f"collectives {format_seconds(pr.collective_s)}",
+              f"{format_seconds(pr.token_s)} per token = {roofline_text(pr)} + "
+              f"collectives {format_seconds(pr.collective_s)} ({pr.collective_alpha_source} "
+              f"alpha {format_seconds(pr.collective_alpha_s)} per call)",
               f"  lower bound {format_tps(pr.lower_bound_tokens_per_s)} tokens/s "
               f"({format_seconds(pr.lower_bound_token_s)} per token): plan reaches "
               f"{100 * pr.fraction_of_bound:.1f}%",

@@ -128,11 +128,13 @@ class NumaRuntime:
     def start(self) -> NumaRuntime:
         """Validate, start the workers, place them, load their shards."""
         from numaplan.model import load_workload
+        from numaplan.model.quantization import get_quantization, require_kernels
         from numaplan.runtime.disco import import_disco
 
         plan, meta = read_library_plan(self.lib_path)
         check_plan_file(plan, self.plan_path)
         workload = load_workload(self.model_dir)
+        require_kernels(get_quantization(workload.quantization))
         topo = self.topology or read_sysfs("/")
         self.warnings = check_plan_applies(plan, workload.fingerprint, topo,
                                            force=self.options.force)

@@ -137,3 +137,20 @@ def test_check_bad_plan_file(tmp_path, hf_dir, capsys):
     p.write_text("{}")
     assert main(["check", str(p), "--model", str(hf_dir), "--numactl-file", EPYC]) == 1
     assert "schema_version" in capsys.readouterr().err
+
+
+def test_memory_spec_and_a_sizing_only_preset(tmp_path, capsys):
+    # A machine nobody here has, a format without kernels: planned and priced, never built.
+    model = tmp_path / "llama3-8b"
+    write_hf_config(model, "llama3-8b")
+    out = tmp_path / "out"
+    assert main(["compile", str(model), "--quantization", "int8_weight_only",
+                 "--numactl-file", str(sample_path("hsw")), "--memory-spec", "4x2133@0.8",
+                 "--tp", "2", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "int8_weight_only is a sizing-only preset" in text
+    assert "no compute term" in text and "nominal" in text
+    plan = json.loads((out / "numa-plan.json").read_text())
+    assert plan["cost_model"]["method"] == "memory-spec" and plan["cost_model"]["nominal"]
+    assert plan["prediction"]["compute_source"] is None
+    assert plan["cost_model"]["params"]["node0"].endswith("= 54.6 GB/s")

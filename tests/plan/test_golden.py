@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from numaplan.cost import cost_from_slit
+from numaplan.cost import NodeCompute, cost_from_slit
 from numaplan.plan import PlanOptions, make_plan, plan_from_dict
 from numaplan.plan.solver_ilp import available_backends
 from numaplan.topology import synthetic_topology
@@ -33,8 +33,17 @@ CASES = {
     # guesses it (13 > 10 reads as "slower"): the plan homes the weights in HBM.
     "xeonmax_hbm_measured": (lambda: fixture_topology("xeonmax"), 8,
                              {"numa_prefer_local_memory": False}),
+    # Few slow cores per node under the roofline (compute figures as a probe writes them): the
+    # products, not the reads, set the pace, and the workers spread over both sockets where
+    # bandwidth alone keeps them on one (tests/plan/test_roofline.py).
+    "2s_fewcores_roofline": (lambda: synthetic_topology(sockets=2, nodes_per_socket=1,
+                                                        cores_per_node=2), 2,
+                             {"collective_alpha_s": 30e-6}),
 }
-COSTS = {"xeonmax_hbm_measured": lambda t: scaled_cost(t, {2: 4.0, 3: 4.0})}
+COSTS = {"xeonmax_hbm_measured": lambda t: scaled_cost(t, {2: 4.0, 3: 4.0}),
+         "2s_fewcores_roofline": lambda t: cost_from_slit(t).model_copy(update={"compute": tuple(
+             NodeCompute(node_id=n, weight_bytes_per_s_per_core={"q4f16_1": 0.5e9},
+                         cores_measured=2) for n in t.cpu_node_ids())})}
 
 
 @pytest.mark.skipif("highs" not in available_backends(), reason="goldens are made with HiGHS")

@@ -31,7 +31,7 @@ def test_older_plan_is_refused_with_what_changed(tmp_path):
     del d["kv_cache"]
     (tmp_path / "numa-plan.json").write_text(json.dumps(d))
     with pytest.raises(SchemaVersionError, match=r"schema_version 1 was written by an older "
-                       r"numaplan.*KV-cache capacity.*plan again"):
+                       r"numaplan.*roofline.*KV-cache capacity.*plan again"):
         read_plan(tmp_path)
 
 

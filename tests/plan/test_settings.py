@@ -66,5 +66,9 @@ def test_resolve_settings_reads_and_checks_a_cost_file(wl, tmp_path):
     path.write_text(cost_from_slit(topo).to_json())
     _, cost = resolve_settings(PlanSettings(cost_model=str(path)), wl, topo)
     assert cost.fingerprint() == cost_from_slit(topo).fingerprint()
-    with pytest.raises(ValidationError, match="not both"):
+    with pytest.raises(ValidationError, match="give one of"):
         PlanSettings(cost_model=str(path), mlc_output="x")
+    with pytest.raises(ValidationError, match="give one of"):
+        PlanSettings(cost_model=str(path), memory_spec="8x4800")
+    _, spec = resolve_settings(PlanSettings(memory_spec="8x4800@0.5"), wl, topo)
+    assert spec.method == "memory-spec" and spec.bw(0, 0) == pytest.approx(8 * 4800 * 8 * 0.5e-3)

@@ -25,6 +25,7 @@ def test_tp1_matches_numpy_reference(model_dirs, libraries):
         stats = rt.stats()
         # The workers create the KV cache the plan reserved.
         assert rt._ensure_cache().max_total_seq_len == rt.plan.kv_cache.max_total_seq_len
+        plan = rt.plan
     logits, tokens = Reference(d).generate(PROMPT, 5)
     assert list(res.tokens) == tokens
     # float32 weights (bf16-exact), float64 reference: summation order differs only.
@@ -33,6 +34,13 @@ def test_tp1_matches_numpy_reference(model_dirs, libraries):
     assert w.threads_on_planned_cpus and w.weight_bytes > 0
     assert w.weight_bytes_on_planned_node == w.weight_bytes
     assert stats.weight_local_percentage == 100.0
+    # --stats sets the plan's prediction next to what was measured (one worker: no collective).
+    from numaplan.runtime.compare import compare_prediction, render_prediction_check
+
+    check = compare_prediction(plan, stats)
+    assert check.measured_token_s == stats.decode_s_per_step > 0
+    assert check.measured_collective_s == 0.0 and check.token_ratio > 0
+    assert "prediction vs measurement per token" in render_prediction_check(check)
 
 
 def test_plan_file_must_match_library(model_dirs, libraries, tmp_path):
