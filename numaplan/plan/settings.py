@@ -9,6 +9,8 @@ name, or derives it from SLIT distances and ``numa_inter_node_penalty``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from numaplan._base import Frozen
@@ -20,9 +22,20 @@ from numaplan.cost import (
     read_cost_json,
     read_mlc_files,
 )
-from numaplan.model import Workload, valid_tp_degrees
+from numaplan.model import Workload, kv_cache_bytes_per_token, total_mem_nbytes, valid_tp_degrees
 from numaplan.plan.planner import DEFAULT_TIME_LIMIT_S, PlanOptions
 from numaplan.topology import Topology
+
+#: MLC's engine modes: what a deployment plans its batch and KV cache for.
+Mode = Literal["local", "interactive", "server"]
+#: Sequences the fixed modes plan for (MLC: interactive serves one, local a few).
+MODE_BATCH = {"interactive": 1, "local": 4}
+#: Server mode plans as many sequences as memory allows, up to this many (beyond it a CPU's
+#: batch_decode stops gaining throughput and only adds latency).
+SERVER_MAX_BATCH = 32
+#: The share of the planned nodes' free memory, after the weights, that server mode gives to
+#: the KV cache (the rest stays for activations, the OS and other tenants).
+SERVER_KV_MEMORY_SHARE = 0.5
 
 
 class PlanSettings(Frozen):
@@ -45,6 +58,8 @@ class PlanSettings(Frozen):
         A cost model JSON (``numaplan probe -o``); checked to cover the machine.
     mlc_output
         Intel MLC output to use as the cost model instead.
+    mode
+        MLC's engine mode; when set, it decides ``batch_size`` (:func:`mode_batch_size`).
     batch_size, context_tokens, solver, mip_backend, time_limit_s, oversubscribe
         As in :class:`~numaplan.plan.planner.PlanOptions`.
     """
@@ -56,6 +71,7 @@ class PlanSettings(Frozen):
     node_affinity: dict[int, int] = Field(default_factory=dict)
     cost_model: str | None = None
     mlc_output: str | None = None
+    mode: Mode | None = None
     batch_size: int = 1
     context_tokens: int | None = None
     solver: str = "auto"
@@ -91,6 +107,38 @@ def default_tp(workload: Workload, topology: Topology) -> int:
     n = len(topology.cpu_node_ids())
     valid = [w for w in valid_tp_degrees(workload) if w <= n]
     return max(valid or [1])
+
+
+def mode_batch_size(mode: Mode, workload: Workload, topology: Topology, *,
+                    numa_nodes: tuple[int, ...] | None = None) -> int:
+    """The sequences a mode plans for (the plan's ``batch_size``, the KV cache's sequences).
+
+    Parameters
+    ----------
+    mode
+        ``interactive``: 1; ``local``: 4 (:data:`MODE_BATCH`); ``server``: as many
+        context-window-long sequences as :data:`SERVER_KV_MEMORY_SHARE` of the free memory
+        left on the nodes after the weights holds, between 1 and :data:`SERVER_MAX_BATCH`.
+    workload
+        The model (weight bytes, KV bytes per token, context window).
+    topology
+        The machine (free memory per node).
+    numa_nodes
+        The nodes the plan may use (default: every memory node).
+
+    Returns
+    -------
+    int
+        The batch size.
+    """
+    if mode in MODE_BATCH:
+        return MODE_BATCH[mode]
+    nodes = set(numa_nodes or topology.memory_node_ids())
+    free = sum(n.mem_free_bytes or 0 for n in topology.nodes if n.node_id in nodes)
+    window = workload.context_window_size if workload.context_window_size > 0 else 4096
+    per_seq = window * kv_cache_bytes_per_token(workload)
+    room = SERVER_KV_MEMORY_SHARE * (free - total_mem_nbytes(workload))
+    return max(1, min(SERVER_MAX_BATCH, int(room // per_seq)))
 
 
 def load_cost(settings: PlanSettings, topology: Topology) -> CostModel:
@@ -147,7 +195,10 @@ def resolve_settings(settings: PlanSettings, workload: Workload, topology: Topol
         numa_inter_node_penalty=settings.numa_inter_node_penalty,
         numa_prefer_local_memory=settings.numa_prefer_local_memory,
         node_affinity=dict(settings.node_affinity),
-        batch_size=settings.batch_size, context_tokens=settings.context_tokens,
+        batch_size=mode_batch_size(settings.mode, workload, topology,
+                                   numa_nodes=settings.numa_nodes)
+        if settings.mode else settings.batch_size,
+        context_tokens=settings.context_tokens,
         solver=settings.solver, mip_backend=settings.mip_backend,
         time_limit_s=settings.time_limit_s, oversubscribe=settings.oversubscribe)
     return options, cost
