@@ -80,7 +80,10 @@ class EngineConfig(BaseModel):
         A library built by ``numaplan compile``; ``None`` compiles one (cached by fingerprint,
         so a second start with the same inputs does not compile again).
     mode
-        Kept for compatibility with MLC's engine modes; the runtime serves one sequence.
+        MLC's engine mode: the sequences the plan and the KV cache are sized for
+        (:func:`run_capacity`): ``interactive`` one, ``local`` (default, as MLC's) four
+        sharing one context window, ``server`` as many full context windows as memory
+        allows (:func:`numaplan.plan.settings.mode_batch_size`).
     tensor_parallel_shards
         Workers W; default: the config's value, else the largest valid W not above the number
         of usable CPU nodes.
@@ -102,14 +105,14 @@ class EngineConfig(BaseModel):
     oversubscribe
         Let workers share cores (correctness runs on small machines).
     max_seq_len
-        KV-cache rows.
+        KV-cache tokens over all sequences (default: as ``mode`` sizes it).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     model: str
     model_lib: str | None = None
-    mode: Literal["local", "interactive", "server"] = "server"
+    mode: Literal["local", "interactive", "server"] = "local"
     tensor_parallel_shards: int | None = None
     numa_tensor_parallel: bool = False
     numa_nodes: list[int] | None = None
@@ -256,10 +259,13 @@ class Engine:
         from numaplan.runtime.session import NumaRuntime, RunOptions
 
         self.plan = read_plan(self.plan_dir)
+        self.max_batch, self.max_total_tokens = run_capacity(
+            config.mode, self.workload, self.topology, numa_nodes=config.numa_nodes,
+            max_seq_len=config.max_seq_len)
         self.runtime = NumaRuntime(
             config.model, self.lib_path, plan_path=self.plan_dir,
             options=RunOptions(enforce_placement=config.numa_tensor_parallel,
-                               max_seq_len=config.max_seq_len))
+                               max_seq_len=self.max_total_tokens, max_batch=self.max_batch))
         self.runtime.start()
         self.start_s = time.perf_counter() - t0
         self.communicator = Communicator(self)
@@ -286,7 +292,7 @@ class Engine:
             numa_inter_node_penalty=c.numa_inter_node_penalty,
             numa_prefer_local_memory=c.numa_prefer_local_memory,
             node_affinity=dict(c.node_affinity), cost_model=c.cost_model,
-            oversubscribe=c.oversubscribe)
+            oversubscribe=c.oversubscribe, mode=c.mode)
 
     def _library(self) -> tuple[Path, Path]:
         from numaplan.plan import make_plan, resolve_settings, write_plan
@@ -436,6 +442,40 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def run_capacity(mode: str, workload: Any, topology: Any, *,
+                 numa_nodes: list[int] | None = None,
+                 max_seq_len: int | None = None) -> tuple[int, int]:
+    """The KV cache a mode runs with: ``(sequences, tokens over all of them)``.
+
+    Parameters
+    ----------
+    mode
+        ``interactive``: one sequence, one context window; ``local``: four sequences sharing
+        one context window (MLC's local mode); ``server``: the plan's batch
+        (:func:`numaplan.plan.settings.mode_batch_size`, as many as memory allows), a full
+        context window each.
+    workload, topology
+        The model and the machine.
+    numa_nodes
+        The nodes the plan may use.
+    max_seq_len
+        Tokens over all sequences, instead of the mode's.
+
+    Returns
+    -------
+    tuple of int
+        What :class:`~numaplan.runtime.protocol.RunOptions` takes as ``max_batch`` and
+        ``max_seq_len``.
+    """
+    from numaplan.plan.settings import mode_batch_size
+
+    batch = mode_batch_size(mode, workload, topology,  # type: ignore[arg-type]
+                            numa_nodes=tuple(numa_nodes) if numa_nodes else None)
+    window = workload.context_window_size if workload.context_window_size > 0 else 4096
+    tokens = batch * window if mode == "server" else window
+    return batch, int(max_seq_len or tokens)
 
 
 def _source_digest(src: Any) -> str:
