@@ -332,10 +332,11 @@ class Scheduler:
                 if self.reserved_tokens + need > self.max_total_tokens:
                     break  # first come, first served: it waits for pages to free up
                 self._waiting.popleft()
-                state = new_sequence(0, req.prompt, req.params, eos_ids=self.eos_ids,
+                seq_id, self._next_seq_id = self._next_seq_id, self._next_seq_id + 1
+                # the state's index is its sequence id: the callbacks of advance() name it
+                state = new_sequence(seq_id, req.prompt, req.params, eos_ids=self.eos_ids,
                                      tokenizer=self.tokenizer)
-                run = _Running(req, self._next_seq_id, state, need)
-                self._next_seq_id += 1
+                run = _Running(req, seq_id, state, need)
                 self._running.append(run)
                 new.append(run)
         for r in new:
@@ -345,24 +346,25 @@ class Scheduler:
     def _advance(self, batch: list[_Running], logits: Any) -> None:
         texts: dict[int, list[str]] = {}
         stamps: list[int] = []
-        advance([(i, r.state) for i, r in enumerate(batch)], logits, False,
-                lambda i, t: texts.setdefault(i, []).append(t),
-                lambda i, _t: stamps.append(i))
+        advance([(r.seq_id, r.state) for r in batch], logits, False,
+                lambda sid, t: texts.setdefault(sid, []).append(t),
+                lambda sid, _t: stamps.append(sid))
         now = time.perf_counter()
-        for i in stamps:
-            req = batch[i].req
+        by_id = {r.seq_id: r for r in batch}
+        for sid in stamps:
+            req = by_id[sid].req
             if req.first_token_s is None:
                 req.first_token_s = now
                 self.observer.first_token(now - req.submitted_s)
             else:
                 self.observer.next_token(now - (req.last_token_s or now))
             req.last_token_s = now
-        for i, r in enumerate(batch):
+        for r in batch:
             req = r.req
             if req.cancelled:
                 continue
-            if i in texts:
-                req.sink(TextEvent("".join(texts[i])))
+            if r.seq_id in texts:
+                req.sink(TextEvent("".join(texts[r.seq_id])))
             if r.state.finish is not None:
                 req.done = True
                 self.observer.finished(r.state.finish)
