@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
 from numaplan.cli._planning import parse_affinity, parse_nodes
 from numaplan.cli.help import HELP
 from numaplan.cost import DEFAULT_PENALTY, check_penalty
-from numaplan.errors import UsageError
+from numaplan.errors import NumaplanError, UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-queue must be >= 0, got {args.max_queue}")
     if args.max_seq_len is not None and args.max_seq_len < 1:
         raise UsageError(f"--max-seq-len must be >= 1, got {args.max_seq_len}")
+    _check_address(args.host, args.port)
     try:
         engine = EngineConfig(
             model=args.model_dir, model_lib=args.lib, mode=args.mode,
@@ -73,3 +75,19 @@ def run(args: argparse.Namespace) -> int:
     serve(engine, ServerConfig(host=args.host, port=args.port, max_queue=args.max_queue),
           on_ready=ready)
     return 0
+
+
+def _check_address(host: str, port: int) -> None:
+    """Fail before the engine starts (planning and compiling take minutes) when the address
+    cannot be listened on."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: {exc.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise NumaplanError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
