@@ -267,6 +267,10 @@ class Engine:
             options=RunOptions(enforce_placement=config.numa_tensor_parallel,
                                max_seq_len=self.max_total_tokens, max_batch=self.max_batch))
         self.runtime.start()
+        from numaplan.runtime.paged_kv import PAGE_SIZE
+
+        #: Tokens per page of the workers' KV cache (a sequence holds whole pages).
+        self.kv_page_tokens = PAGE_SIZE
         self.start_s = time.perf_counter() - t0
         self.communicator = Communicator(self)
         self.allocator = Allocator(self)

@@ -222,9 +222,10 @@ def create_app(service: Service) -> FastAPI:
             if isinstance(event, TextEvent):
                 pieces.append(event.text)
             elif isinstance(event, ErrorEvent):
-                metrics.answered(endpoint, 503)
-                return error_response(503, f"the model failed: {event.error}",
-                                      kind="service_unavailable")
+                status = 503 if event.fatal else 500
+                metrics.answered(endpoint, status)
+                return error_response(status, _failure(event), kind="service_unavailable"
+                                      if event.fatal else "server_error")
             else:
                 metrics.answered(endpoint, 200)
                 return JSONResponse(shape.whole(event).model_dump())
@@ -316,6 +317,11 @@ class _Shape:
                           choices=[CompletionChoice(text=text or "", finish_reason=reason)])
 
 
+def _failure(event: ErrorEvent) -> str:
+    what = "the model failed" if event.fatal else "the model refused the step"
+    return f"{what}: {event.error}"
+
+
 def _data(model: BaseModel | dict) -> bytes:
     doc = model.model_dump(exclude_none=False) if isinstance(model, BaseModel) else model
     return f"data: {json.dumps(doc)}\n\n".encode()
@@ -334,8 +340,8 @@ async def _sse(sched: Scheduler, gen: GenRequest, events: asyncio.Queue[Event],
                 yield _data(shape.piece(event.text))
             elif isinstance(event, ErrorEvent):
                 body = ErrorResponse(error=ErrorDetail(
-                    message=f"the model failed: {event.error}", type="service_unavailable",
-                    code="503"))
+                    message=_failure(event), type="service_unavailable" if event.fatal
+                    else "server_error", code="503" if event.fatal else "500"))
                 yield _data(body)
                 return
             else:

@@ -3,7 +3,8 @@
 Requests wait in a bounded queue. At every token boundary the loop (one thread, the only one
 that touches the model) frees the sequences that finished or whose client left, admits waiting
 requests while a sequence slot and their worst-case KV pages are free (prompt plus
-``max_new_tokens``, so a running sequence never finds the cache full), prefills the newcomers
+``max_new_tokens`` in whole pages, so a running sequence never finds the cache full), prefills
+the newcomers
 together (``batch_prefill``), then advances every running sequence by one token in one
 ``batch_decode``. Each sequence samples with its own parameters and seeded generator
 (:func:`numaplan.generation.advance`); its text and end reach its request through the
@@ -11,7 +12,9 @@ request's ``sink``, called on the loop's thread.
 
 A model failure that is not a request's fault (a worker died: :class:`WorkerDiedError`, or
 any other error of the step) fails every request the loop holds, running or waiting, and stops
-the loop: :attr:`Scheduler.fatal` holds the error and ``on_fatal`` is called once.
+the loop: :attr:`Scheduler.fatal` holds the error and ``on_fatal`` is called once. A step the
+model refuses before running it (a :class:`RequestError`: the cache validates every step
+first) fails the running requests only, and the loop goes on.
 
 Nothing here knows HTTP; :mod:`numaplan.serve.app` turns sinks into responses.
 """
@@ -128,6 +131,8 @@ class Scheduler:
         Sequences in the KV cache at once.
     max_total_tokens
         Tokens the KV cache holds over all sequences.
+    page_tokens
+        Tokens per page of the KV cache: a sequence holds whole pages.
     context_window
         Tokens one sequence may hold (prompt + new tokens - 1); ``<= 0``: no limit.
     max_queue
@@ -155,7 +160,8 @@ class Scheduler:
     """
 
     def __init__(self, model: StepModel, *, max_batch: int, max_total_tokens: int,
-                 context_window: int, max_queue: int, eos_ids: Sequence[int] = (),
+                 page_tokens: int = 1, context_window: int, max_queue: int,
+                 eos_ids: Sequence[int] = (),
                  tokenizer: Any = None, observer: SchedulerObserver | None = None,
                  on_fatal: Callable[[BaseException], None] | None = None,
                  health_check: Callable[[], None] | None = None,
@@ -165,6 +171,7 @@ class Scheduler:
         self.model = model
         self.max_batch = max_batch
         self.max_total_tokens = max_total_tokens
+        self.page_tokens = page_tokens
         self.context_window = context_window
         self.max_queue = max_queue
         self.eos_ids = tuple(eos_ids)
@@ -200,7 +207,7 @@ class Scheduler:
             raise RequestError(f"{prompt_tokens} prompt tokens + max_tokens {max_new_tokens} "
                                f"exceed the model's context window of {self.context_window} "
                                "tokens")
-        if need > self.max_total_tokens:
+        if self._pages(prompt_tokens + max_new_tokens) > self.max_total_tokens:
             raise RequestError(f"{prompt_tokens} prompt tokens + max_tokens {max_new_tokens} "
                                f"exceed the KV cache's {self.max_total_tokens} tokens")
 
@@ -297,6 +304,8 @@ class Scheduler:
                 self._run_calls()
                 if self._waiting or self._running:
                     self.step()
+            except RequestError as exc:
+                self._fail_running(exc)
             except Exception as exc:
                 self._die(exc)
                 return
@@ -328,7 +337,7 @@ class Scheduler:
                     self._waiting.popleft()
                     self.observer.finished("cancelled")
                     continue
-                need = len(req.prompt) + req.params.max_new_tokens
+                need = self._pages(len(req.prompt) + req.params.max_new_tokens)
                 if self.reserved_tokens + need > self.max_total_tokens:
                     break  # first come, first served: it waits for pages to free up
                 self._waiting.popleft()
@@ -342,6 +351,10 @@ class Scheduler:
         for r in new:
             self.model.add_sequence(r.seq_id)
         return new
+
+    def _pages(self, tokens: int) -> int:
+        """``tokens`` rounded up to whole pages."""
+        return -(-tokens // self.page_tokens) * self.page_tokens
 
     def _advance(self, batch: list[_Running], logits: Any) -> None:
         texts: dict[int, list[str]] = {}
@@ -402,6 +415,22 @@ class Scheduler:
         for _, fut in calls:
             if not fut.done():
                 fut.set_exception(exc)
+
+    def _fail_running(self, exc: RequestError) -> None:
+        """The model refused a step before running it: the running requests fail, their
+        sequences are freed, and the loop goes on."""
+        log.error("the model refused a step; failing the running requests: %s", exc)
+        with self._cond:
+            running, self._running = self._running, []
+        for r in running:
+            if not r.req.done and not r.req.cancelled:
+                r.req.done = True
+                self.observer.finished("error")
+                r.req.sink(ErrorEvent(exc, fatal=False))
+            try:
+                self.model.remove_sequence(r.seq_id)
+            except RequestError:
+                pass  # never added (the refused step was its admission)
 
     def _die(self, exc: BaseException) -> None:
         log.error("the model failed; failing every request: %s", exc)

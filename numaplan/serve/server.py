@@ -89,7 +89,8 @@ def serve(engine_config: EngineConfig, server: ServerConfig, *,
                 raise rt.supervisor.died()
 
         sched = Scheduler(rt.model, max_batch=engine.max_batch,
-                          max_total_tokens=engine.max_total_tokens, context_window=window,
+                          max_total_tokens=engine.max_total_tokens,
+                          page_tokens=engine.kv_page_tokens, context_window=window,
                           max_queue=server.max_queue if server.max_queue is not None
                           else 4 * engine.max_batch,
                           eos_ids=engine.eos_ids, tokenizer=engine.tokenizer,

@@ -113,6 +113,11 @@ def test_admission_waits_for_kv_pages_and_the_queue_is_bounded(runtime, tokenize
         sched.check(200, 100)
     with pytest.raises(RequestError, match="KV cache"):
         _sched(runtime, tokenizer, max_total_tokens=64).check(30, 40)
+    # A sequence holds whole pages: 1 + 64 tokens take 5 pages of 16, more than 64 tokens.
+    paged = _sched(runtime, tokenizer, max_total_tokens=64, page_tokens=16)
+    paged.check(1, 63)
+    with pytest.raises(RequestError, match="KV cache"):
+        paged.check(1, 64)
 
 
 def test_a_cancelled_request_leaves_at_the_next_step(runtime, tokenizer):
