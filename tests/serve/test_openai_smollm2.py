@@ -36,7 +36,8 @@ def test_openai_client_gets_numaplan_runs_answers(tmp_path):
     model = tmp_path / "smollm2"
     assert main(["convert", str(GGUF), "-o", str(model), "--quantization", "q4f16_1"]) == 0
     cache = tmp_path / "cache"
-    with running_server(model, None, tmp_path, "--cache-dir", str(cache)) as server:
+    with running_server(model, None, tmp_path, "--cache-dir", str(cache),
+                        "--numa-tensor-parallel") as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", timeout=120,
                                max_retries=0)
         assert [m.id for m in client.models.list().data] == ["smollm2"]
