@@ -54,6 +54,13 @@ def _running(url: str) -> int:
     return httpx.get(url + "/health", timeout=10).json()["running"]
 
 
+def _taken(url: str, results: list) -> int:
+    """Requests running, waiting or answered (a loaded machine may finish one before the
+    last is sent)."""
+    h = httpx.get(url + "/health", timeout=10).json()
+    return h["running"] + h["queue_depth"] + sum(r is not None for r in results)
+
+
 def test_a_client_that_leaves_is_cancelled_at_once(tiny_server):
     url = tiny_server.url
     before = _metric(url, 'numaplan_generations_total{reason="cancelled"}')
@@ -72,13 +79,15 @@ def test_a_client_that_leaves_is_cancelled_at_once(tiny_server):
 def test_sigterm_drains_requests_in_flight(text_model, text_libs, tmp_path):
     with running_server(text_model, text_libs(1), tmp_path) as server:
         threads, results = _in_threads(server.url, [LONG] * 3)
-        _wait(lambda: _running(server.url) > 0, 30, "a running sequence")
+        # Each takes the whole KV cache (local mode: 256 tokens shared), so one runs and two
+        # wait: SIGTERM once all three are in, and all three must be answered.
+        _wait(lambda: _taken(server.url, results) >= 3, 60, "three requests taken")
         server.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(120)
         assert server.proc.wait(60) == 0, Path(server.log).read_text()[-2000:]
     for status, body in results:
-        assert status == 200, body
+        assert status == 200, results
         assert body["usage"]["completion_tokens"] == LONG["max_tokens"] or \
             body["choices"][0]["finish_reason"] == "stop"
     assert not server.shm_files()
@@ -98,7 +107,7 @@ def test_a_dead_worker_fails_requests_with_503_and_stops_the_server(text_model, 
         workers = _children(server.proc.pid)
         assert workers, "worker 1 runs in a process of its own"
         threads, results = _in_threads(server.url, [LONG] * 8)
-        _wait(lambda: _running(server.url) > 0, 30, "a running sequence")
+        _wait(lambda: _taken(server.url, results) >= 8, 60, "eight requests taken")
         os.kill(workers[0], signal.SIGKILL)
         for t in threads:
             t.join(60)
