@@ -83,7 +83,10 @@ class EngineConfig(BaseModel):
         A library built by ``numaplan compile``; ``None`` compiles one (cached by fingerprint,
         so a second start with the same inputs does not compile again).
     mode
-        Kept for compatibility with MLC's engine modes; the runtime serves one sequence.
+        MLC's engine mode: the sequences the plan and the KV cache are sized for
+        (:func:`run_capacity`): ``interactive`` one, ``local`` (default, as MLC's) four
+        sharing one context window, ``server`` as many full context windows as memory
+        allows (:func:`numaplan.plan.settings.mode_batch_size`).
     tensor_parallel_shards
         Workers W; default: the config's value, else the largest valid W not above the number
         of usable CPU nodes.
@@ -105,15 +108,16 @@ class EngineConfig(BaseModel):
     oversubscribe
         Let workers share cores (correctness runs on small machines).
     max_seq_len
-        Tokens of KV cache each worker reserves (the plan's ``max_total_seq_len``; default:
-        the context window, or the largest that fits after the weights).
+        Tokens of KV cache over all sequences (default: what the plan reserved, the plan's
+        ``kv_cache.max_total_seq_len``: as ``mode`` sizes it, or the largest that fits after
+        the weights).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
     model_lib: str | None = None
-    mode: Literal["local", "interactive", "server"] = "server"
+    mode: Literal["local", "interactive", "server"] = "local"
     tensor_parallel_shards: int | None = None
     numa_tensor_parallel: bool = False
     numa_nodes: list[int] | None = None
@@ -285,11 +289,18 @@ class Engine:
         from numaplan.runtime.session import NumaRuntime, RunOptions
 
         self.plan = read_plan(self.plan_dir)
+        self.max_batch, self.max_total_tokens = run_capacity(
+            config.mode, self.workload, self.topology, self.plan, numa_nodes=config.numa_nodes,
+            max_seq_len=config.max_seq_len)
         self.runtime = NumaRuntime(
             config.model, self.lib_path, plan_path=self.plan_dir,
             options=RunOptions(enforce_placement=config.numa_tensor_parallel,
-                               max_seq_len=config.max_seq_len))
+                               max_seq_len=self.max_total_tokens, max_batch=self.max_batch))
         self.runtime.start()
+        from numaplan.runtime.paged_kv import PAGE_SIZE
+
+        #: Tokens per page of the workers' KV cache (a sequence holds whole pages).
+        self.kv_page_tokens = PAGE_SIZE
         self.start_s = time.perf_counter() - t0
         self.communicator = Communicator(self)
         self.allocator = Allocator(self)
@@ -315,7 +326,7 @@ class Engine:
             numa_inter_node_penalty=c.numa_inter_node_penalty,
             numa_prefer_local_memory=c.numa_prefer_local_memory,
             node_affinity=dict(c.node_affinity), cost_model=c.cost_model,
-            oversubscribe=c.oversubscribe, max_total_seq_len=c.max_seq_len)
+            oversubscribe=c.oversubscribe, max_total_seq_len=c.max_seq_len, mode=c.mode)
 
     def _library(self) -> tuple[Path, Path]:
         from numaplan.plan import make_plan, resolve_settings, write_plan
@@ -540,4 +551,38 @@ def _placement_for_new_tensor(plan: Any, quantization: str, name: str, shape: tu
             "split_dim": split_dim, "replicated": split_dim is None, "piece_shape": piece,
             "piece_nbytes": nbytes, "homes": [{"node_id": home, "nbytes": nbytes}],
             "local": home == w.mem_node_id, "planned": False, "why": why}
+
+
+def run_capacity(mode: str, workload: Any, topology: Any, plan: Any, *,
+                 numa_nodes: list[int] | None = None,
+                 max_seq_len: int | None = None) -> tuple[int, int]:
+    """The KV cache a mode runs with: ``(sequences, tokens over all of them)``.
+
+    Parameters
+    ----------
+    mode
+        ``interactive``: one sequence; ``local``: four (MLC's local mode); ``server``: as many
+        as memory allows (:func:`numaplan.plan.settings.mode_batch_size`).
+    workload, topology
+        The model and the machine.
+    plan
+        The library's plan: the tokens are what it reserved (one context window shared by the
+        sequences in the interactive and local modes, one per sequence in server mode, shrunk
+        to what fits after the weights: ``plan.kv_cache``).
+    numa_nodes
+        The nodes the plan may use.
+    max_seq_len
+        Tokens over all sequences, instead of the plan's.
+
+    Returns
+    -------
+    tuple of int
+        What :class:`~numaplan.runtime.protocol.RunOptions` takes as ``max_batch`` and
+        ``max_seq_len``.
+    """
+    from numaplan.plan.settings import mode_batch_size
+
+    batch = mode_batch_size(mode, workload, topology,  # type: ignore[arg-type]
+                            numa_nodes=tuple(numa_nodes) if numa_nodes else None)
+    return batch, int(max_seq_len or plan.kv_cache.max_total_seq_len)
 

@@ -67,7 +67,13 @@ class GenerationOutput(Frozen):
 
 
 @dataclass
-class _Seq:
+class SequenceState:
+    """One sequence being generated: its prompt, how it samples and stops, what it produced.
+
+    The loop here and the server's scheduler (:mod:`numaplan.serve.scheduler`) both step
+    sequences through :func:`new_sequence` and :func:`advance`.
+    """
+
     index: int
     prompt: list[int]
     params: SamplingParams
@@ -122,15 +128,8 @@ def generate(model: StepModel, prompts: Sequence[Sequence[int]],
     per = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
     if len(per) != len(prompts) or not prompts:
         raise RequestError("generate needs at least one prompt and one set of parameters each")
-    seqs = []
-    for i, (prompt, p) in enumerate(zip(prompts, per, strict=True)):
-        if not prompt:
-            raise RequestError(f"prompt {i} is empty")
-        if p.stop and tokenizer is None:
-            raise RequestError("stop strings need the model's tokenizer")
-        stops = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else frozenset(eos_ids))
-        seqs.append(_Seq(i, [int(t) for t in prompt], p, stops, np.random.default_rng(p.seed),
-                         stream=tokenizer.stream() if tokenizer is not None else None))
+    seqs = [new_sequence(i, prompt, p, eos_ids=eos_ids, tokenizer=tokenizer)
+            for i, (prompt, p) in enumerate(zip(prompts, per, strict=True))]
     persistent = seq_ids is not None
     ids = list(seq_ids) if persistent else [first_seq_id + s.index for s in seqs]
     if len(ids) != len(seqs):
@@ -144,7 +143,7 @@ def generate(model: StepModel, prompts: Sequence[Sequence[int]],
         logits = model.prefill(ids, [s.prompt for s in seqs])
         prefill_s = time.perf_counter() - t0
         active = list(zip(ids, seqs, strict=True))
-        _advance(model, active, logits, keep_logits, on_text, on_token)
+        advance(active, logits, keep_logits, on_text, on_token)
         steps: list[float] = []
         while True:
             live = [(sid, s) for sid, s in active if s.finish is None]
@@ -160,7 +159,7 @@ def generate(model: StepModel, prompts: Sequence[Sequence[int]],
             steps.append(time.perf_counter() - t1)
             for _, s in active:
                 s.fed += 1
-            _advance(model, active, logits, keep_logits, on_text, on_token)
+            advance(active, logits, keep_logits, on_text, on_token)
     finally:
         for sid in added:
             try:
@@ -184,9 +183,45 @@ def generate(model: StepModel, prompts: Sequence[Sequence[int]],
     return outputs, stats
 
 
-def _advance(model: StepModel, active: list[tuple[int, _Seq]], logits: np.ndarray,
-             keep_logits: bool, on_text: Callable[[int, str], None] | None,
-             on_token: Callable[[int, int], None] | None) -> None:
+def new_sequence(index: int, prompt: Sequence[int], params: SamplingParams, *,
+                 eos_ids: Sequence[int] = (), tokenizer: Any = None) -> SequenceState:
+    """A sequence ready to be prefilled.
+
+    Parameters
+    ----------
+    index
+        The caller's number for it (passed to the streaming callbacks).
+    prompt
+        Its token ids.
+    params
+        How it samples (its own seeded generator) and stops.
+    eos_ids
+        The model's end tokens (ignored with ``ignore_eos``).
+    tokenizer
+        Text and stop strings need it.
+
+    Raises
+    ------
+    RequestError
+        An empty prompt, or stop strings without a tokenizer.
+    """
+    if not prompt:
+        raise RequestError(f"prompt {index} is empty")
+    if params.stop and tokenizer is None:
+        raise RequestError("stop strings need the model's tokenizer")
+    stops = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos
+                                                else frozenset(eos_ids))
+    return SequenceState(index, [int(t) for t in prompt], params, stops,
+                         np.random.default_rng(params.seed),
+                         stream=tokenizer.stream() if tokenizer is not None else None)
+
+
+def advance(active: list[tuple[int, SequenceState]], logits: np.ndarray, keep_logits: bool,
+            on_text: Callable[[int, str], None] | None,
+            on_token: Callable[[int, int], None] | None) -> None:
+    """Sample each active sequence's next token from its row of ``logits`` and record it:
+    a stop token, stop string or the token limit sets its ``finish``; the text it completes
+    is streamed."""
     for row, (_, s) in enumerate(active):
         lg = logits[row]
         if keep_logits:
@@ -208,7 +243,7 @@ def _advance(model: StepModel, active: list[tuple[int, _Seq]], logits: np.ndarra
         _emit(s, on_text, final=s.finish is not None)
 
 
-def _emit(s: _Seq, on_text: Callable[[int, str], None] | None, *, final: bool) -> None:
+def _emit(s: SequenceState, on_text: Callable[[int, str], None] | None, *, final: bool) -> None:
     """Stream the text that can no longer turn into a stop string."""
     if s.stream is None:
         return

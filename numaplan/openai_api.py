@@ -1,5 +1,6 @@
-"""OpenAI's chat-completion protocol (the field names MLC's MLCEngine also uses), as pydantic
-models, and ``engine.chat.completions.create`` on top of the engine.
+"""OpenAI's chat-completion and completion protocols (the field names MLC's MLCEngine also
+uses), as pydantic models, and ``engine.chat.completions.create`` on top of the engine. The
+server (:mod:`numaplan.serve.app`) speaks the same models over HTTP.
 
 ``create(messages=[...])`` returns a :class:`ChatCompletion`; ``create(..., stream=True)``
 returns an iterator of :class:`ChatCompletionChunk` whose ``choices[0].delta.content`` carry the
@@ -86,10 +87,9 @@ class ChatCompletionChunk(_Model):
     usage: Usage | None = None
 
 
-class ChatRequest(_Model):
-    """The request fields numaplan honours (unknown fields are refused, not ignored)."""
+class _SamplingFields(_Model):
+    """The sampling fields both endpoints take (unknown fields are refused, not ignored)."""
 
-    messages: list[Message] = Field(min_length=1)
     model: str | None = None
     stream: bool = False
     max_tokens: int | None = Field(default=None, ge=1)
@@ -99,14 +99,77 @@ class ChatRequest(_Model):
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=1)
 
-    def sampling(self, default_max: int, conv_stops: tuple[str, ...],
-                 conv_stop_ids: tuple[int, ...]) -> SamplingParams:
+    def sampling(self, default_max: int, conv_stops: tuple[str, ...] = (),
+                 conv_stop_ids: tuple[int, ...] = ()) -> SamplingParams:
         """The request as sampling parameters (the template's stops added)."""
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(max_new_tokens=self.max_tokens or default_max,
                               temperature=self.temperature or 0.0, top_p=self.top_p or 1.0,
                               seed=self.seed, stop=tuple(dict.fromkeys([*stops, *conv_stops])),
                               stop_token_ids=conv_stop_ids)
+
+
+class ChatRequest(_SamplingFields):
+    """A chat completion request (``/v1/chat/completions``)."""
+
+    messages: list[Message] = Field(min_length=1)
+
+
+class CompletionRequest(_SamplingFields):
+    """A text completion request (``/v1/completions``): the prompt as text or token ids."""
+
+    prompt: str | list[int] = Field(min_length=1)
+
+
+class CompletionChoice(_Model):
+    """One completed text."""
+
+    index: int = 0
+    text: str
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class Completion(_Model):
+    """A whole completion (also the shape of each streamed piece, as OpenAI sends them)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(_Model):
+    """One entry of ``/v1/models``."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "numaplan"
+
+
+class ModelList(_Model):
+    """``/v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(_Model):
+    """What went wrong, in OpenAI's error fields."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(_Model):
+    """An error answer's body."""
+
+    error: ErrorDetail
 
 
 class Completions:

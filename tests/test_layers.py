@@ -23,7 +23,8 @@ PKG = Path(__file__).resolve().parents[1] / "numaplan"
 _LAYERS_RIGHT_OF_TOPOLOGY = {"numaplan.cost", "numaplan.model", "numaplan.plan",
                              "numaplan.passes", "numaplan.runtime", "numaplan.cli",
                              "numaplan.tiny_llama", "numaplan.engine", "numaplan.bench",
-                             "numaplan.nn", "numaplan.convert", "numaplan.llama"}
+                             "numaplan.nn", "numaplan.convert", "numaplan.llama",
+                             "numaplan.serve"}
 #: The text layer (tokenizer, conversation templates, sampling): used by the CLI, the engine
 #: and the server; it knows nothing of placement, compilation or the runtime.
 _TEXT = ("sampling.py", "conversation.py", "tokenizer.py")
@@ -55,12 +56,18 @@ FORBIDDEN = {
     # The embedded example model: a Relax definition (tvm) and an MLC directory writer.
     "tiny_llama": {"pulp", "highspy", "numaplan.plan", "numaplan.passes", "numaplan.runtime",
                    "numaplan.cli", "numaplan.engine", "numaplan.bench"},
-    "engine.py": {"numaplan.cli", "numaplan.bench"},
+    "engine.py": {"numaplan.cli", "numaplan.bench", "numaplan.serve"},
     # The proposal's model-level names: a configuration over the engine and the model
     # definitions; tvm only through numaplan.nn, inside the function that builds a model.
     "llama.py": {"pulp", "highspy", "numaplan.cli", "numaplan.bench", "numaplan.runtime",
-                 "numaplan.plan", "numaplan.passes"},
-    "bench.py": {"numaplan.cli"},
+                 "numaplan.plan", "numaplan.passes", "numaplan.serve"},
+    "bench.py": {"numaplan.cli", "numaplan.serve"},
+    # The server: the engine, the generation loop, the text layer and the OpenAI protocol over
+    # HTTP; it reaches the runtime and the planner only through the engine.
+    "serve": {"tvm", "tvm_ffi", "pulp", "highspy", "numaplan.topology", "numaplan.osnuma",
+              "numaplan.cost", "numaplan.model", "numaplan.plan", "numaplan.passes",
+              "numaplan.runtime", "numaplan.nn", "numaplan.convert", "numaplan.tiny_llama",
+              "numaplan.bench", "numaplan.cli"},
 }
 # Every layer may use these; they use none of the layers.
 FOUNDATIONS = ("_version.py", "_base.py", "_io.py", "_cbuild.py", "errors.py")
@@ -83,6 +90,10 @@ FORBIDDEN["openai_api.py"] = {"tvm", "tvm_ffi", "pulp", "highspy", "numaplan.top
 for _name in _TEXT:
     FORBIDDEN[_name] = {"tvm", "tvm_ffi", "pulp", "highspy", "numaplan.topology",
                         "numaplan.osnuma", *_LAYERS_RIGHT_OF_TOPOLOGY}
+# Only the command line starts a server.
+for _layer, _forbidden in FORBIDDEN.items():
+    if _layer != "serve":
+        _forbidden.add("numaplan.serve")
 #: Nothing in the package may import these (they are not installed with it).
 OUTSIDE = {"examples", "tests"}
 

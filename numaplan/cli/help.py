@@ -132,3 +132,22 @@ HELP.update({
     "bench": "run the benchmark suite (all-reduce, planner, load, decode); the options are "
              "those of `python -m numaplan.bench`",
 })
+
+HELP.update({
+    "serve": "an OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, "
+             "/v1/models, /health, /metrics) with continuous batching on pinned workers; "
+             "plans and compiles on first start when no --lib is given",
+    "serve_lib": "a library built by `numaplan compile` (default: plan and compile one, cached)",
+    "host": "address to listen on (default 127.0.0.1: loopback only)",
+    "port": "TCP port (default 8000)",
+    "mode": "what the batch and the KV cache are sized for, as in MLC: interactive (1 "
+            "sequence), local (4 sharing one context window; default), server (as many full "
+            "context windows as memory allows)",
+    "numa_tensor_parallel": "enforce the plan: pinned workers, node-bound memory (off: plain "
+                            "tensor parallelism, the OS places them)",
+    "max_queue": "requests that may wait for a place in the batch; more get 429 (default: 4x "
+                 "the batch)",
+    "serve_max_seq_len": "KV-cache tokens over all sequences (default: as --mode sizes it)",
+    "cache_dir": "where compiled libraries are cached (default $NUMAPLAN_CACHE_DIR or "
+                 "~/.cache/numaplan/libs)",
+})

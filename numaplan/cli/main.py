@@ -29,6 +29,7 @@ COMMANDS = {
     "show": "numaplan.cli.show",
     "run": "numaplan.cli.run",
     "chat": "numaplan.cli.chat",
+    "serve": "numaplan.cli.serve",
     "convert": "numaplan.cli.convert",
     "bench": "numaplan.cli.bench",
 }

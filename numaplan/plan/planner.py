@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -90,6 +91,7 @@ class PlanOptions(Frozen):
     max_total_seq_len: int | None = Field(default=None, ge=1)
     kv_windows: int = Field(default=1, ge=1)
     plan_against_free: bool = False
+    mode: Literal["local", "interactive", "server"] | None = None
 
     @field_validator("numa_inter_node_penalty")
     @classmethod
@@ -494,7 +496,7 @@ def _spell_out(workload: Workload, topo: Topology, cost: CostModel, options: Pla
             batch_size=options.batch_size, context_tokens=p.context_tokens,
             mem_headroom=options.mem_headroom, solver=options.solver,
             oversubscribe=options.oversubscribe, max_total_seq_len=options.max_total_seq_len,
-            plan_against_free=options.plan_against_free),
+            plan_against_free=options.plan_against_free, mode=options.mode),
         solver=PlanSolver(name=s.solver, status=s.status,
                           gap=None if s.gap is None else r6(s.gap),
                           objective_s=None if s.objective_s is None else r6(s.objective_s)),

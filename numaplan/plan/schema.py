@@ -103,6 +103,7 @@ class PlanRequest(Frozen):
     oversubscribe: bool = False
     max_total_seq_len: int | None = None
     plan_against_free: bool = False
+    mode: Literal["local", "interactive", "server"] | None = None
 
 
 class PlanKVCache(Frozen):

@@ -9,6 +9,8 @@ name, or derives it from SLIT distances and ``numa_inter_node_penalty``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from numaplan._base import Frozen
@@ -21,9 +23,21 @@ from numaplan.cost import (
     read_cost_json,
     read_mlc_files,
 )
-from numaplan.model import Workload, valid_tp_degrees
+from numaplan.model import Workload, kv_cache_bytes_per_token, total_mem_nbytes, valid_tp_degrees
 from numaplan.plan.planner import DEFAULT_TIME_LIMIT_S, PlanOptions
+from numaplan.plan.problem import DEFAULT_MEM_HEADROOM, node_capacity
 from numaplan.topology import Topology
+
+#: MLC's engine modes: what a deployment plans its batch and KV cache for.
+Mode = Literal["local", "interactive", "server"]
+#: Sequences the fixed modes plan for (MLC: interactive serves one, local a few).
+MODE_BATCH = {"interactive": 1, "local": 4}
+#: Server mode plans as many sequences as memory allows, up to this many (beyond it a CPU's
+#: batch_decode stops gaining throughput and only adds latency).
+SERVER_MAX_BATCH = 32
+#: The share of the planned nodes' free memory, after the weights, that server mode gives to
+#: the KV cache (the rest stays for activations, the OS and other tenants).
+SERVER_KV_MEMORY_SHARE = 0.5
 
 
 class PlanSettings(Frozen):
@@ -49,6 +63,10 @@ class PlanSettings(Frozen):
     memory_spec
         Memory specifications to derive the cost model from instead
         (:mod:`numaplan.cost.memspec`: ``[NODES:]CHANNELSxMTS[@EFFICIENCY];...``).
+    mode
+        MLC's engine mode; when set, it decides ``batch_size`` (:func:`mode_batch_size`) and
+        the KV cache the plan reserves: one context window (interactive, local: the sequences
+        share it, as in MLC), or one per sequence in server mode, shrunk to what fits.
     batch_size, context_tokens, solver, mip_backend, time_limit_s, oversubscribe
     max_total_seq_len, kv_windows, plan_against_free
         As in :class:`~numaplan.plan.planner.PlanOptions`.
@@ -62,6 +80,7 @@ class PlanSettings(Frozen):
     cost_model: str | None = None
     mlc_output: str | None = None
     memory_spec: str | None = None
+    mode: Mode | None = None
     batch_size: int = 1
     context_tokens: int | None = None
     solver: str = "auto"
@@ -100,6 +119,41 @@ def default_tp(workload: Workload, topology: Topology) -> int:
     n = len(topology.cpu_node_ids())
     valid = [w for w in valid_tp_degrees(workload) if w <= n]
     return max(valid or [1])
+
+
+def mode_batch_size(mode: Mode, workload: Workload, topology: Topology, *,
+                    numa_nodes: tuple[int, ...] | None = None) -> int:
+    """The sequences a mode plans for (the plan's ``batch_size``, the KV cache's sequences).
+
+    Parameters
+    ----------
+    mode
+        ``interactive``: 1; ``local``: 4 (:data:`MODE_BATCH`); ``server``: as many
+        context-window-long sequences as :data:`SERVER_KV_MEMORY_SHARE` of the memory the plan
+        may use (:func:`numaplan.plan.problem.node_capacity`) left after the weights holds,
+        between 1 and :data:`SERVER_MAX_BATCH`.
+    workload
+        The model (weight bytes, KV bytes per token, context window).
+    topology
+        The machine (free memory per node).
+    numa_nodes
+        The nodes the plan may use (default: every memory node).
+
+    Returns
+    -------
+    int
+        The batch size.
+    """
+    if mode in MODE_BATCH:
+        return MODE_BATCH[mode]
+    nodes = set(numa_nodes or topology.memory_node_ids())
+    # The same capacity the planner plans against (a dump's free figure is not it).
+    free = sum(node_capacity(n, usable=True, mem_headroom=DEFAULT_MEM_HEADROOM)[0] or 0
+               for n in topology.nodes if n.node_id in nodes)
+    window = workload.context_window_size if workload.context_window_size > 0 else 4096
+    per_seq = window * kv_cache_bytes_per_token(workload)
+    room = SERVER_KV_MEMORY_SHARE * (free - total_mem_nbytes(workload))
+    return max(1, min(SERVER_MAX_BATCH, int(room // per_seq)))
 
 
 def load_cost(settings: PlanSettings, topology: Topology) -> CostModel:
@@ -154,15 +208,19 @@ def resolve_settings(settings: PlanSettings, workload: Workload, topology: Topol
         As :func:`load_cost`.
     """
     cost = load_cost(settings, topology)
+    batch = (mode_batch_size(settings.mode, workload, topology, numa_nodes=settings.numa_nodes)
+             if settings.mode else settings.batch_size)
     options = PlanOptions(
         tensor_parallel_shards=settings.tensor_parallel_shards or default_tp(workload, topology),
         numa_nodes=settings.numa_nodes,
         numa_inter_node_penalty=settings.numa_inter_node_penalty,
         numa_prefer_local_memory=settings.numa_prefer_local_memory,
         node_affinity=dict(settings.node_affinity),
-        batch_size=settings.batch_size, context_tokens=settings.context_tokens,
+        batch_size=batch,
+        context_tokens=settings.context_tokens,
         solver=settings.solver, mip_backend=settings.mip_backend,
         time_limit_s=settings.time_limit_s, oversubscribe=settings.oversubscribe,
-        max_total_seq_len=settings.max_total_seq_len, kv_windows=settings.kv_windows,
-        plan_against_free=settings.plan_against_free)
+        max_total_seq_len=settings.max_total_seq_len,
+        kv_windows=batch if settings.mode == "server" else settings.kv_windows,
+        plan_against_free=settings.plan_against_free, mode=settings.mode)
     return options, cost
