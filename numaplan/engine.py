@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from numaplan._version import __version__
 from numaplan.cost import DEFAULT_PENALTY, Penalty
-from numaplan.errors import InfeasiblePlanError, NumaplanError, UsageError
+from numaplan.errors import InfeasiblePlanError, ModelFormatError, NumaplanError, UsageError
 
 if TYPE_CHECKING:
     from numaplan.plan.settings import PlanSettings
@@ -272,7 +272,7 @@ class Engine:
             raise UsageError("EngineConfig.model is not set: an engine needs an MLC model "
                              "directory (numaplan convert makes one from a GGUF file)")
         if not Path(config.model).is_dir():
-            raise UsageError(f"model {config.model!r} is not a local MLC model directory; "
+            raise ModelFormatError(f"model {config.model!r} is not a local MLC model directory; "
                              "numaplan does not download models (convert a GGUF file with "
                              "`numaplan convert`, or give the directory mlc_llm wrote)")
         self.config = config
