@@ -29,7 +29,7 @@ import numpy as np
 from numaplan._base import Frozen
 from numaplan.errors import ModelFormatError, PlacementError
 from numaplan.model import Workload
-from numaplan.osnuma import NodeBuffer, audit_range
+from numaplan.osnuma import Downgrade, NodeBuffer, PlacementOutcome, page_nodes
 from numaplan.plan.schema import Plan
 from numaplan.runtime.shared_weights import (
     TAIL_SLACK,
@@ -38,6 +38,7 @@ from numaplan.runtime.shared_weights import (
     bind_homes,
     copy_groups,
     create_segment,
+    home_pages,
     open_segment,
     segment_path,
 )
@@ -101,6 +102,10 @@ class LoadReport(Frozen):
 
     bytes_shared_mapped: int = 0
     shared_segments: tuple[str, ...] = ()
+    #: Placement calls refused under ``allow_fallback`` and what was done instead.
+    downgrades: tuple[Downgrade, ...] = ()
+    #: The pages were audited (``False``: not asked, or move_pages refused under fallback).
+    audited: bool = True
 
     @property
     def on_planned_fraction(self) -> float:
@@ -224,7 +229,7 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
         Fault injection for tests: bind every piece to this node instead of its planned home
         (the audit still checks against the plan, so it must report the misplacement).
     page_query
-        Replaces move_pages(2) in the audit (see :func:`numaplan.osnuma.audit_range`).
+        Replaces move_pages(2) in the audit (see :func:`audit_pieces`).
     bind
         Bind the pieces to their homes (off: first touch decides; the audit still reports).
     shared
@@ -246,6 +251,8 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
     by_name = {t.name: t for t in workload.tensors}
     maps: dict[str, np.memmap] = {}
     read = 0
+    placements: list[PlacementOutcome] = []
+    fallbacks: list[Downgrade] = []
 
     def source(name: str) -> np.memmap:
         t = by_name[name]
@@ -276,13 +283,15 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
                                          by_name[p.name].dtype),
                     bind=bind, bind_override=bind_override, allow_fallback=allow_fallback)
                 memory.segments.append(seg_of[g.index])
+                placements += seg_of[g.index].placements
         # Transparent huge pages: 512x fewer first-touch faults for the weights (the arena is
         # bound before it is touched, so huge pages too land on the planned node).
         arena = NodeBuffer(size + TAIL_SLACK, huge_pages=size >= (8 << 20))
         memory.arena = arena
         for p in pieces if bind else ():
             homes = p.homes if bind_override is None else ((bind_override, p.mem_nbytes),)
-            bind_homes(arena.address + p.offset, homes, allow_fallback=allow_fallback)
+            placements += bind_homes(arena.address + p.offset, homes,
+                                     allow_fallback=allow_fallback)
         raw = arena.array(np.uint8)
         own: dict[str, np.ndarray] = {}
         for p in pieces:
@@ -314,29 +323,24 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
             m._mmap.close()
         raise
     load_s = time.perf_counter() - t0
-    on, total, per_node, bad = 0, 0, {}, []
-
-    def audit_piece(name: str, address: int, homes: tuple[tuple[int, int], ...]) -> None:
-        nonlocal on, total
-        pos = 0
-        for node, nbytes in homes:
-            if nbytes <= 0:
-                continue
-            a = audit_range(address + pos, nbytes, node, query=page_query)
-            frac = a.on_target_fraction
-            on += round(nbytes * frac)
-            total += nbytes
-            for n, c in a.pages_per_node:
-                per_node[n] = per_node.get(n, 0) + c
-            if frac < 1.0:
-                bad.append(f"{name}: {100 * frac:.1f}% on node {node}")
-            pos += nbytes
-
+    where = [(p.name, arena.address + p.offset, p.mem_nbytes, p.homes) for p in pieces] + \
+        [(sp.name, seg.address + sp.offset, sp.mem_nbytes, sp.homes)
+         for _, seg, sp in shared_arrays.values()]
+    result = None
     if audit:
-        for p in pieces:
-            audit_piece(p.name, arena.address + p.offset, p.homes)
-        for _, seg, sp in shared_arrays.values():
-            audit_piece(sp.name, seg.address + sp.offset, sp.homes)
+        try:
+            result = audit_pieces(where, page_query=page_query)
+        except PlacementError as exc:
+            if not allow_fallback or exc.call is None:
+                raise
+            fallbacks.append(Downgrade.of(exc, f"audit of worker {worker_id}'s weights",
+                                          "not audited"))
+    if result is None:
+        on, total, per_node, bad = 0, 0, {}, []
+    else:
+        on, total, per_node, bad = result
+    downgrades = [d for o in placements for d in [o.downgrade(f"weights of worker {worker_id}")]
+                  if d is not None] + fallbacks
     report = LoadReport(worker_id=worker_id, pieces=len(names),
                         bytes_loaded=sum(p.mem_nbytes for p in pieces) + sum(
                             p.mem_nbytes for g in groups if g.owner == worker_id
@@ -345,8 +349,66 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
                         bytes_on_planned_node=on, bytes_audited=total,
                         pages_per_node=dict(sorted(per_node.items())), misplaced=tuple(bad[:20]),
                         bytes_shared_mapped=mapped,
-                        shared_segments=tuple(s.path.name for s in memory.segments))
+                        shared_segments=tuple(s.path.name for s in memory.segments),
+                        downgrades=tuple(downgrades), audited=result is not None)
     return memory, arrays, report
+
+
+def audit_pieces(pieces: Sequence[tuple[str, int, int, tuple[tuple[int, int], ...]]], *,
+                 page_query=None) -> tuple[int, int, dict[int, int], list[str]]:
+    """Where the pages of the weights are, against their homes, in one move_pages pass.
+
+    Each page is checked against the home it was bound to (:func:`home_pages`: a page split
+    between two homes belongs to the first) and weighs the bytes of its piece it holds.
+
+    Parameters
+    ----------
+    pieces
+        ``(name, address, bytes, homes)`` of every piece (``homes``: ``(node, nbytes)``).
+    page_query
+        Replaces move_pages(2) (see :func:`numaplan.osnuma.audit_range`).
+
+    Returns
+    -------
+    (bytes on their planned node, bytes audited, pages per node, misplaced pieces)
+
+    Raises
+    ------
+    PlacementError
+        When move_pages is refused (``call`` and ``errno_name`` set), or ``page_query``
+        answers for the wrong number of pages.
+    """
+    addrs, want, weight, owner = [], [], [], []
+    for i, (_, address, nbytes, homes) in enumerate(pieces):
+        for node, lo, hi in home_pages(address, homes):
+            pages = np.arange(lo, hi, PAGE, dtype=np.uint64)
+            # bytes of the piece in each page: the first and last pages may hold less
+            held = np.minimum(pages + PAGE, address + nbytes).astype(np.int64) - \
+                np.maximum(pages, address).astype(np.int64)
+            addrs.append(pages)
+            want.append(np.full(pages.size, node, dtype=np.int64))
+            weight.append(np.clip(held, 0, PAGE))
+            owner.append(np.full(pages.size, i, dtype=np.int64))
+    if not addrs:
+        return 0, 0, {}, []
+    pages = np.concatenate(addrs)
+    status = np.asarray(page_query(pages) if page_query is not None else page_nodes(pages),
+                        dtype=np.int64)
+    if status.size != pages.size:
+        raise PlacementError(f"page query returned {status.size} statuses for {pages.size} "
+                             "pages")
+    want_a, weight_a, owner_a = (np.concatenate(x) for x in (want, weight, owner))
+    on_page = status == want_a
+    on_bytes = np.bincount(owner_a, weights=weight_a * on_page, minlength=len(pieces))
+    all_bytes = np.bincount(owner_a, weights=weight_a, minlength=len(pieces))
+    nodes, counts = np.unique(status[status >= 0], return_counts=True)
+    bad = []
+    for i, (name, _, _, homes) in enumerate(pieces):
+        if on_bytes[i] < all_bytes[i]:
+            planned = ",".join(str(n) for n in dict.fromkeys(n for n, b in homes if b > 0))
+            bad.append(f"{name}: {100 * on_bytes[i] / all_bytes[i]:.1f}% on node {planned}")
+    return (int(on_bytes.sum()), int(all_bytes.sum()),
+            {int(n): int(c) for n, c in zip(nodes, counts, strict=True)}, bad)
 
 
 def _typed(dest: np.ndarray, shape: tuple[int, ...], dtype: str) -> np.ndarray:
@@ -355,7 +417,11 @@ def _typed(dest: np.ndarray, shape: tuple[int, ...], dtype: str) -> np.ndarray:
 
 
 def check_placement(report: LoadReport, *, strict: bool) -> None:
-    """Raise in strict mode when any audited byte is off its planned node."""
+    """Raise in strict mode when any audited byte is off its planned node, or when the weights
+    could not be audited (move_pages refused under ``allow_fallback``)."""
+    if strict and not report.audited:
+        raise PlacementError(f"worker {report.worker_id}: strict placement, but the weights "
+                             "could not be audited (move_pages refused)")
     if strict and report.bytes_audited and report.bytes_on_planned_node < report.bytes_audited:
         raise PlacementError(
             f"worker {report.worker_id}: {100 * report.on_planned_fraction:.2f}% of weight bytes "

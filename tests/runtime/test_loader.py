@@ -170,3 +170,50 @@ def test_weights_end_before_the_end_of_their_mapping(model_dirs, this_machine):
     from numaplan.runtime.shared_weights import cleanup_weight_segments
 
     cleanup_weight_segments(shared.namespace)
+
+
+def _spill_plan(model_dirs, extra_bytes: int = 100_000):
+    """The float32 example for W=2 on two one-node sockets, node 1 too small for worker 1's
+    share: some pieces of worker 1 spill to node 0, split inside a page."""
+    from numaplan.plan import build_problem
+    from numaplan.topology import synthetic_topology
+
+    d = model_dirs["float32"]
+    wl = load_workload(d)
+    roomy = synthetic_topology(sockets=2)
+    p = build_problem(wl, roomy, cost_from_slit(roomy), num_workers=2)
+    # Capacity = total * free_fraction (0.95) * (1 - headroom 0.10).
+    mem = int((p.reserve_bytes_per_worker + extra_bytes) / 0.95 / 0.9) + 4096
+    topo = synthetic_topology(sockets=2, mem_per_node_bytes=[1 << 30, mem])
+    plan = make_plan(wl, topo, cost_from_slit(topo),
+                     PlanOptions(tensor_parallel_shards=2, node_affinity={0: 0, 1: 1},
+                                 numa_prefer_local_memory=False), model_name="m").plan
+    return d, wl, plan, [t.name for t in plan.tensors]
+
+
+def test_spilled_piece_audits_complete_where_it_was_bound(model_dirs, fake_numa):
+    """Issue 14 4a: a piece split between two homes inside a page. The page at the split is
+    bound to the first home; the audit must check it there, so a correct placement audits
+    100% and strict mode accepts it (before the fix: < 100%, refused). A piece bound to the
+    wrong node is still reported."""
+    from numaplan.errors import PlacementError
+    from numaplan.runtime.loader import check_placement
+
+    d, wl, plan, names = _spill_plan(model_dirs)
+    split = [(t.name, plan.tensor_homes(t, 1)) for t in plan.tensors
+             if len(plan.tensor_homes(t, 1)) > 1]
+    assert split and any(h[0].nbytes % 4096 for _, h in split)  # a split inside a page
+    kernel = fake_numa(nodes=(0, 1))
+    mem, arrays, rep = load_worker_params(d, wl, plan, 1, names)
+    assert rep.on_planned_fraction == 1.0 and not rep.misplaced
+    assert set(rep.pages_per_node) == {0, 1} and not rep.downgrades
+    check_placement(rep, strict=True)
+    del arrays
+    mem.close()
+    kernel.ranges.clear()
+    mem, arrays, rep = load_worker_params(d, wl, plan, 1, names, bind_override=0)
+    assert rep.on_planned_fraction < 1.0 and rep.misplaced
+    with pytest.raises(PlacementError, match=r"worker 1: .*% of weight bytes"):
+        check_placement(rep, strict=True)
+    del arrays
+    mem.close()
