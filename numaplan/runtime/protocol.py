@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from numaplan._base import Frozen
 from numaplan.errors import CollectiveError, NumaplanError, error_class
+from numaplan.osnuma import Downgrade
 from numaplan.plan.io import plan_from_dict
 from numaplan.plan.schema import Plan
 from numaplan.runtime.ccl.spec import DEFAULT_TIMEOUT_S
@@ -123,6 +124,8 @@ class SetupReport(Frozen):
     mempolicy: str
     pool_threads: int
     notes: tuple[str, ...]
+    #: Placement calls refused under ``allow_fallback`` during setup (memory policy).
+    downgrades: tuple[Downgrade, ...] = ()
 
 
 class LoadDone(Frozen):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from numaplan._base import Frozen
+from numaplan.osnuma import Downgrade
 from numaplan.runtime.protocol import WorkerReport
 from numaplan.topology import parse_cpulist
 
@@ -26,6 +27,13 @@ class WorkerStats(Frozen):
     weight_bytes_loaded: int = 0
     weight_bytes_shared_mapped: int = 0
     notes: tuple[str, ...] = ()
+    #: Every placement call refused under ``allow_fallback`` (setup, weights, collective).
+    downgrades: tuple[Downgrade, ...] = ()
+    #: The collective's kernel build (``None``: no collective).
+    collective_kernel: str | None = None
+    #: Audits of the collective segments this worker created, one line each.
+    collective_segments: tuple[str, ...] = ()
+    collective_segments_on_node: bool = True
 
 
 class RuntimeStats(Frozen):
@@ -42,10 +50,15 @@ class RuntimeStats(Frozen):
     tokens_per_s: float | None
     load_s: float | None
 
+    @property
+    def downgrades(self) -> tuple[Downgrade, ...]:
+        """Every worker's downgrades, in worker order."""
+        return tuple(d for w in self.workers for d in w.downgrades)
+
 
 def worker_stats(worker_id: int, report: WorkerReport) -> WorkerStats:
     """One worker's figures from its report."""
-    s, load = report.setup, report.load
+    s, load, coll = report.setup, report.load, report.collective
     cpus = tuple("?" if t.cpus is None else t.cpus for t in report.threads)
     return WorkerStats(
         worker_id=worker_id, pid=s.pid, node_id=s.node_id, mem_node_id=s.mem_node_id,
@@ -56,7 +69,13 @@ def worker_stats(worker_id: int, report: WorkerReport) -> WorkerStats:
         weight_bytes_on_planned_node=load.bytes_on_planned_node if load else 0,
         weight_bytes_loaded=load.bytes_loaded if load else 0,
         weight_bytes_shared_mapped=load.bytes_shared_mapped if load else 0,
-        notes=s.notes)
+        notes=s.notes,
+        downgrades=s.downgrades + (load.downgrades if load else ()) + (coll.downgrades if coll
+                                                                        else ()),
+        collective_kernel=coll.kernel if coll else None,
+        collective_segments=tuple(a.describe() + ("" if a.complete else " (MISPLACED)")
+                                  for a in coll.segment_audits) if coll else (),
+        collective_segments_on_node=not coll or not coll.misplaced_segments)
 
 
 def runtime_stats(reports: Sequence[WorkerReport], *, step_s: Sequence[float] | None,

@@ -40,8 +40,8 @@ import numpy as np
 import tvm
 import tvm_ffi
 
-from numaplan.errors import NumaplanError
-from numaplan.osnuma import apply_mempolicy, get_affinity, get_mempolicy, set_affinity
+from numaplan.errors import NumaplanError, PlacementError
+from numaplan.osnuma import Downgrade, apply_mempolicy, get_affinity, get_mempolicy, set_affinity
 from numaplan.osnuma.affinity import current_thread_id, read_thread_affinity
 from numaplan.plan.schema import Plan
 from numaplan.runtime.ccl.communicator import Communicator
@@ -134,10 +134,10 @@ def setup(spec_json: str) -> SetupReport:
                     os.sched_setaffinity(tid, cpus)
                 except OSError as exc:
                     notes.append(f"thread {tid}: {exc.strerror}")
+        downgrades: list[Downgrade] = []
         if enforce:
             outcome = apply_mempolicy("bind", [w.mem_node_id], allow_fallback=opts.allow_fallback)
-            if outcome.degraded:
-                notes.append(f"memory policy degraded: {'; '.join(outcome.reasons)}")
+            downgrades += [d for d in [outcome.downgrade(f"memory of worker {wid}")] if d]
         before = _task_ids()
         if enforce:
             tvm.get_global_func("runtime.config_threadpool")(
@@ -148,13 +148,23 @@ def setup(spec_json: str) -> SetupReport:
                 -3, len(cpus), [str(c) for c in sorted(os.sched_getaffinity(0))])
         st.pool_tids = sorted(_task_ids() - before)
         st.comm = _attach_collective(plan, spec, wid)
+        if st.comm is not None:
+            check_collective_placement(st.comm, wid, strict=opts.strict_placement)
+        try:
+            mempolicy = get_mempolicy().describe()
+        except PlacementError as exc:
+            if not opts.allow_fallback or exc.call is None:
+                raise
+            mempolicy = "unknown"
+            downgrades.append(Downgrade.of(exc, f"read the memory policy of worker {wid}",
+                                           "reported as unknown"))
         st.setup = SetupReport(
             worker_id=wid, pid=os.getpid(), tid=current_thread_id(),
             node_id=w.node_id, mem_node_id=w.mem_node_id,
             cpus_planned=format_cpulist(cpus), cpus_thread=format_cpulist(get_affinity()),
-            mempolicy=get_mempolicy().describe(),
+            mempolicy=mempolicy,
             pool_threads=len(st.pool_tids) or int(tvm.get_global_func("runtime.NumThreads")()),
-            notes=tuple(notes))
+            notes=tuple(notes), downgrades=tuple(downgrades))
         _STATE.__dict__.update(st.__dict__)
         return st.setup
 
@@ -164,10 +174,31 @@ def _attach_collective(plan: Plan, spec: WorkerSpec, rank: int) -> Communicator 
     worker's model has no collective)."""
     if plan.request.tensor_parallel_shards == 1:
         return None
-    cs = CommSpec.from_plan(plan, spec.namespace, timeout_s=spec.options.collective_timeout_s)
+    cs = CommSpec.from_plan(plan, spec.namespace, timeout_s=spec.options.collective_timeout_s,
+                            allow_placement_fallback=spec.options.allow_fallback)
     comm = Communicator.create(cs, rank)
     register_tvm_functions(comm)
     return comm
+
+
+def check_collective_placement(comm: Communicator, worker_id: int, *, strict: bool) -> None:
+    """In strict mode, refuse collective segments this worker created off their memory node,
+    or that could not be audited (move_pages refused under ``allow_fallback``).
+
+    Raises
+    ------
+    PlacementError
+        Naming the segment and where its pages are.
+    """
+    if not strict:
+        return
+    stats = comm.stats()
+    problems = list(stats.misplaced_segments) + [
+        d.describe() for d in stats.downgrades if d.call == "move_pages"]
+    if problems:
+        comm.close()
+        raise PlacementError(f"worker {worker_id}: strict placement refuses "
+                             f"{'; '.join(problems)}")
 
 
 def abort_collective(reason: str) -> None:
