@@ -174,12 +174,16 @@ def render_stats(s, name: str) -> str:
                      f"planned node; {loaded}" + (
                          f", mapped {human_bytes(w.weight_bytes_shared_mapped)} of shared copies"
                          if w.weight_bytes_shared_mapped else ""))
+        if w.kv_cache:
+            lines.append(f"  {w.kv_cache}")
         if w.collective_kernel:
             lines.append(f"  collective kernel: {w.collective_kernel}")
         lines += [f"  collective segment: {a}" for a in w.collective_segments]
         lines += [f"  note: {n}" for n in w.notes]
         lines += [f"  downgrade: {d.describe()}" for d in w.downgrades]
     lines.append(f"weight bytes on their planned node: {s.weight_local_percentage:.2f}%")
+    if any(w.kv_cache for w in s.workers):
+        lines.append(f"KV-cache pages on their planned node: {s.kv_local_percentage:.2f}%")
     lines.append(f"placement downgrades (--allow-fallback): {len(s.downgrades)}")
     lines.append(f"collectives: {s.collective_calls} calls, {human_bytes(s.collective_bytes)} "
                  f"read, {s.inter_node_percentage:.1f}% across nodes")

@@ -29,6 +29,7 @@ from numaplan.plan.io import plan_from_dict
 from numaplan.plan.schema import Plan
 from numaplan.runtime.ccl.spec import DEFAULT_TIMEOUT_S
 from numaplan.runtime.ccl.stats import CommStats
+from numaplan.runtime.kv_placement import KVPlacement
 from numaplan.runtime.loader import LoadReport
 
 M = TypeVar("M", bound=BaseModel)
@@ -151,6 +152,7 @@ class WorkerReport(Frozen):
     threads: tuple[ThreadReport, ...]
     load: LoadReport | None = None
     collective: CommStats | None = None
+    kv: KVPlacement | None = None
 
 
 class GenerationResult(Frozen):

@@ -47,6 +47,7 @@ from numaplan.plan.schema import Plan
 from numaplan.runtime.ccl.communicator import Communicator
 from numaplan.runtime.ccl.spec import CommSpec
 from numaplan.runtime.ccl.tvm_functions import register_tvm_functions
+from numaplan.runtime.kv_placement import KVMemory, audit_kv, check_kv_placement, create_on_node
 from numaplan.runtime.loader import LoadReport, SharedCopies, check_placement, load_worker_params
 from numaplan.runtime.paged_kv import PagedKVModel
 from numaplan.runtime.protocol import (
@@ -87,6 +88,7 @@ class _State:
     setup: SetupReport | None = None
     pool_tids: list[int] = field(default_factory=list)
     kv: PagedKVModel | None = None
+    kv_memory: KVMemory | None = None
     logits: np.ndarray | None = None
 
 
@@ -272,15 +274,24 @@ def vm_tensors(arrays: list[np.ndarray], dtypes: list[str]) -> list[Any]:
 @tvm_ffi.register_global_func(KV_INIT, override=True)
 @reporting
 def kv_init(vm: Any, spec_json: str) -> KVCacheInfo:
-    """Create this worker's paged KV cache (after the worker is pinned and bound: its pages
-    are allocated by this thread, under this worker's memory policy)."""
+    """Create this worker's paged KV cache with its pages bound to the worker's memory node,
+    prefaulted and audited (:mod:`numaplan.runtime.kv_placement`); strict mode refuses a cache
+    off its node."""
     spec = KVCacheSpec.model_validate_json(spec_json)
-    if not _STATE.params:
+    st = _STATE
+    if not st.params or st.plan is None or st.spec is None:
         raise NumaplanError("kv_init before load_params")
-    model = PagedKVModel(vm, _STATE.params, max_batch=spec.max_batch,
-                         max_total_seq_len=spec.max_total_seq_len,
-                         prefill_chunk=spec.prefill_chunk)
-    _STATE.kv = model
+    opts = st.spec.options
+    _STATE.kv = _STATE.kv_memory = None  # a new cache replaces the old one (and its memory)
+    model, memory = create_on_node(
+        lambda: PagedKVModel(vm, st.params, max_batch=spec.max_batch,
+                             max_total_seq_len=spec.max_total_seq_len,
+                             prefill_chunk=spec.prefill_chunk),
+        st.plan.workers[st.worker_id].mem_node_id, bind=opts.enforce_placement,
+        allow_fallback=opts.allow_fallback)
+    check_kv_placement(audit_kv(memory, allow_fallback=opts.allow_fallback), st.worker_id,
+                       strict=opts.strict_placement)
+    _STATE.kv, _STATE.kv_memory = model, memory
     return KVCacheInfo(max_batch=model.max_batch, max_total_seq_len=model.max_total,
                        prefill_chunk=model.prefill_chunk, free_tokens=model.free_tokens,
                        context_window=model.context_window)
@@ -356,7 +367,9 @@ def report() -> WorkerReport:
         except Exception as exc:  # a thread can exit between listing and reading
             threads.append(ThreadReport(tid=tid, error=str(exc)))
     return WorkerReport(setup=st.setup, threads=tuple(threads), load=st.load_report,
-                        collective=st.comm.stats() if st.comm is not None else None)
+                        collective=st.comm.stats() if st.comm is not None else None,
+                        kv=audit_kv(st.kv_memory, allow_fallback=st.spec.options.allow_fallback)
+                        if st.kv_memory is not None and st.spec is not None else None)
 
 
 @tvm_ffi.register_global_func(SHUTDOWN, override=True)

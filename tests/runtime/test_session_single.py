@@ -31,6 +31,16 @@ def test_tp1_matches_numpy_reference(model_dirs, libraries):
     assert w.threads_on_planned_cpus and w.weight_bytes > 0
     assert w.weight_bytes_on_planned_node == w.weight_bytes
     assert stats.weight_local_percentage == 100.0
+    # The KV cache (TVM allocates it): its memory found, at least K and V of every layer for
+    # the context window, and the pages the generation wrote are resident on node 0.
+    from numaplan.tiny_llama.build import SIZES
+
+    s = SIZES["default"]
+    kv = s["num_hidden_layers"] * 2 * s["num_key_value_heads"] * s["head_dim"] * 4 * \
+        s["context_window_size"]
+    assert w.kv_cache is not None and w.kv_mapped_bytes >= kv
+    assert 0 < w.kv_bytes == w.kv_bytes_on_planned_node, w.kv_cache
+    assert stats.kv_local_percentage == 100.0
 
 
 def test_plan_file_must_match_library(model_dirs, libraries, tmp_path):
@@ -160,6 +170,7 @@ def test_refused_kernel_calls_downgrade_and_are_reported(model_dirs, libraries, 
         rt.generate(PROMPT, 2)
         stats = rt.stats()
     calls = {(d.call, d.fallback) for d in stats.downgrades}
+    assert any("KV cache" in d.what for d in stats.downgrades)
     assert {("set_mempolicy", "no policy (first touch)"),
             ("get_mempolicy", "reported as unknown"), ("mbind", "no policy (first touch)"),
             ("move_pages", "not audited")} <= calls
