@@ -25,23 +25,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from numaplan._base import Frozen
 from numaplan.errors import ModelFormatError, PlacementError
 from numaplan.model import Workload
 from numaplan.osnuma import Downgrade, NodeBuffer, PlacementOutcome, page_nodes
+from numaplan.osnuma.regions import populate
 from numaplan.plan.schema import Plan
 from numaplan.runtime.shared_weights import (
     TAIL_SLACK,
     SharedPiece,
     SharedSegment,
-    bind_homes,
+    bind_pages,
     copy_groups,
     create_segment,
     home_pages,
     open_segment,
     segment_path,
 )
+from numaplan.runtime.widen import widen_bf16
 
 PAGE = 4096
 ALIGN = PAGE  # every piece starts on a page: its own mbind range, and >= DLPack's 64 B
@@ -106,6 +109,11 @@ class LoadReport(Frozen):
     downgrades: tuple[Downgrade, ...] = ()
     #: The pages were audited (``False``: not asked, or move_pages refused under fallback).
     audited: bool = True
+    #: Seconds per phase, in order: ``shared_fill`` (create the shared copies this worker
+    #: owns), ``arena`` (map, bind and fault in its own memory), ``copy`` (read the files and
+    #: write the pieces, widening bf16), ``shared_map`` (map the other workers' copies),
+    #: ``audit`` (move_pages; not part of ``load_s``).
+    phases_s: dict[str, float] = Field(default_factory=dict)
 
     @property
     def on_planned_fraction(self) -> float:
@@ -155,8 +163,7 @@ def _read_piece(dest: np.ndarray, t, W: int, worker_id: int, mm: np.memmap) -> i
             else [((), ())]:
         src = raw[src_sl]
         if widen:
-            # bf16 bits are the upper half of the float32: shift in uint32, no temporary.
-            np.left_shift(src, 16, out=dest.view(np.uint32)[dst_sl], dtype=np.uint32)
+            widen_bf16(src, dest.view(np.uint32)[dst_sl])
         elif t.dtype == "bfloat16":
             dest.view(np.uint16)[dst_sl] = src
         else:
@@ -242,6 +249,12 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
         Keep ``memory`` alive as long as the arrays (they are views of it).
     """
     t0 = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        phases[name] = round(now - sum(phases.values()) - t0, 4)
+
     W = plan.request.tensor_parallel_shards
     groups = [g for g in copy_groups(workload, plan, names) if worker_id in g.members] \
         if shared is not None else []
@@ -284,14 +297,22 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
                     bind=bind, bind_override=bind_override, allow_fallback=allow_fallback)
                 memory.segments.append(seg_of[g.index])
                 placements += seg_of[g.index].placements
+        lap("shared_fill")
         # Transparent huge pages: 512x fewer first-touch faults for the weights (the arena is
         # bound before it is touched, so huge pages too land on the planned node).
         arena = NodeBuffer(size + TAIL_SLACK, huge_pages=size >= (8 << 20))
         memory.arena = arena
-        for p in pieces if bind else ():
-            homes = p.homes if bind_override is None else ((bind_override, p.mem_nbytes),)
-            placements += bind_homes(arena.address + p.offset, homes,
-                                     allow_fallback=allow_fallback)
+        if bind:
+            placements += bind_pages(
+                (r for p in pieces for r in home_pages(
+                    arena.address + p.offset,
+                    p.homes if bind_override is None else ((bind_override, p.mem_nbytes),))),
+                allow_fallback=allow_fallback)
+        # Fault the whole arena in with one call, on the bound nodes, instead of one trap per
+        # (huge) page while copying: faulting is the largest part of loading (the kernel zeroes
+        # every fresh page), and the copy then runs on present memory.
+        populate(arena.address, arena.nbytes)
+        lap("arena")
         raw = arena.array(np.uint8)
         own: dict[str, np.ndarray] = {}
         for p in pieces:
@@ -301,6 +322,7 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
         for m in maps.values():
             m._mmap.close()  # unmap the shard files now, not when the GC gets to them
         maps.clear()
+        lap("copy")
         mapped = 0
         for g in groups:
             if g.owner != worker_id:
@@ -318,6 +340,7 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
                                                 t.shard_shape(W), t.dtype), seg, p)
             del sraw
         arrays = [own[n] if n in own else shared_arrays[n][0] for n in names]
+        lap("shared_map")
     except BaseException:
         for m in maps.values():
             m._mmap.close()
@@ -339,6 +362,8 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
         on, total, per_node, bad = 0, 0, {}, []
     else:
         on, total, per_node, bad = result
+    if audit:
+        lap("audit")
     downgrades = [d for o in placements for d in [o.downgrade(f"weights of worker {worker_id}")]
                   if d is not None] + fallbacks
     report = LoadReport(worker_id=worker_id, pieces=len(names),
@@ -350,7 +375,8 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
                         pages_per_node=dict(sorted(per_node.items())), misplaced=tuple(bad[:20]),
                         bytes_shared_mapped=mapped,
                         shared_segments=tuple(s.path.name for s in memory.segments),
-                        downgrades=tuple(downgrades), audited=result is not None)
+                        downgrades=tuple(downgrades), audited=result is not None,
+                        phases_s=phases)
     return memory, arrays, report
 
 

@@ -26,7 +26,7 @@ import contextlib
 import mmap
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -195,17 +195,31 @@ def home_pages(start: int, homes: Sequence[tuple[int, int]]) -> list[tuple[int, 
     return out
 
 
-def bind_homes(start: int, homes: Sequence[tuple[int, int]], *, allow_fallback: bool = False
+def bind_pages(ranges: Iterable[tuple[int, int, int]], *, allow_fallback: bool = False
                ) -> list[PlacementOutcome]:
-    """``mbind`` the pages of each home of a piece (:func:`home_pages`) to its node.
+    """``mbind`` page ranges (``(node, start, end)``, from :func:`home_pages`) to their nodes,
+    adjacent ranges of one node in one call (a worker's arena on one node is one call, not one
+    per weight).
 
     Returns
     -------
     list of PlacementOutcome
-        One per range bound (degraded ones only with ``allow_fallback``).
+        One per call (degraded ones only with ``allow_fallback``).
     """
+    merged: list[list[int]] = []
+    for node, lo, hi in ranges:
+        if merged and merged[-1][0] == node and merged[-1][2] == lo:
+            merged[-1][2] = hi
+        else:
+            merged.append([node, lo, hi])
     return [bind_range(lo, hi - lo, node, allow_fallback=allow_fallback, move=False)
-            for node, lo, hi in home_pages(start, homes)]
+            for node, lo, hi in merged]
+
+
+def bind_homes(start: int, homes: Sequence[tuple[int, int]], *, allow_fallback: bool = False
+               ) -> list[PlacementOutcome]:
+    """``mbind`` the pages of each home of one piece (:func:`home_pages`) to its node."""
+    return bind_pages(home_pages(start, homes), allow_fallback=allow_fallback)
 
 
 def create_segment(path: Path, group: CopyGroup,
@@ -243,10 +257,11 @@ def create_segment(path: Path, group: CopyGroup,
                        prot=mmap.PROT_READ | mmap.PROT_WRITE)
         seg = SharedSegment(path, mm, created=True)
         if bind:  # the shared policy must exist before any page does
-            for p in group.pieces:
-                homes = p.homes if bind_override is None else ((bind_override, p.mem_nbytes),)
-                seg.placements += bind_homes(seg.address + p.offset, homes,
-                                             allow_fallback=allow_fallback)
+            seg.placements += bind_pages(
+                (r for p in group.pieces for r in home_pages(
+                    seg.address + p.offset,
+                    p.homes if bind_override is None else ((bind_override, p.mem_nbytes),))),
+                allow_fallback=allow_fallback)
         try:
             os.posix_fallocate(fd, 0, group.size)
         except OSError as exc:
