@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +112,9 @@ class LoadReport(Frozen):
     #: The pages were audited (``False``: not asked, or move_pages refused under fallback).
     audited: bool = True
     #: Seconds per phase, in order: ``shared_fill`` (create the shared copies this worker
-    #: owns), ``arena`` (map, bind and fault in its own memory), ``copy`` (read the files and
-    #: write the pieces, widening bf16), ``shared_map`` (map the other workers' copies),
-    #: ``audit`` (move_pages; not part of ``load_s``).
+    #: owns), ``arena`` (map and bind its own memory), ``fault`` (fault it in), ``copy`` (read
+    #: the files and write the pieces, widening bf16), ``shared_map`` (map the other workers'
+    #: copies), ``audit`` (move_pages; not part of ``load_s``).
     phases_s: dict[str, float] = Field(default_factory=dict)
 
     @property
@@ -212,7 +214,8 @@ def _piece_slices(shape: tuple[int, ...], rule, W: int, w: int):
 def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, worker_id: int,
                        names: Sequence[str], *, allow_fallback: bool = False,
                        audit: bool = True, bind_override: int | None = None,
-                       page_query=None, bind: bool = True, shared: SharedCopies | None = None
+                       page_query=None, bind: bool = True, shared: SharedCopies | None = None,
+                       threads: int | None = None
                        ) -> tuple[WeightMemory, list[np.ndarray], LoadReport]:
     """Load the worker's parameters into node-bound memory and audit them.
 
@@ -242,6 +245,9 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
     shared
         Share replicated tensors with the session's other workers (every worker of the session
         must be loading at the same time); ``None``: this worker holds its own copies.
+    threads
+        Threads that fault in and copy the arena (default: one per CPU this thread may run
+        on, at most 8).
 
     Returns
     -------
@@ -263,7 +269,7 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
                                [n for n in names if n not in in_group])
     by_name = {t.name: t for t in workload.tensors}
     maps: dict[str, np.memmap] = {}
-    read = 0
+    read_bytes: list[int] = []
     placements: list[PlacementOutcome] = []
     fallbacks: list[Downgrade] = []
 
@@ -277,12 +283,13 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
                 raise ModelFormatError(f"cannot map shard file: {exc}", path=path) from None
         return maps[t.data_path]
 
-    def fill(dest_bytes: np.ndarray, name: str, shape: tuple[int, ...], dtype: str) -> None:
-        nonlocal read
+    def fill(dest_bytes: np.ndarray, name: str, shape: tuple[int, ...], dtype: str) -> int:
+        """Write one piece; the file bytes it read."""
         dt = np.dtype(dtype if dtype != "bfloat16" else "uint16")
         mm = source(name)
-        read += _read_piece(dest_bytes.view(dt).reshape(shape), by_name[name], W, worker_id, mm)
+        n = _read_piece(dest_bytes.view(dt).reshape(shape), by_name[name], W, worker_id, mm)
         _drop_mapped(mm, by_name[name])
+        return n
 
     # Owners fill their shared copies first: the other members wait for them.
     memory = WeightMemory(None, [])
@@ -292,8 +299,8 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
             if g.owner == worker_id:
                 seg_of[g.index] = create_segment(
                     segment_path(shared.namespace, g), g,
-                    lambda view, p: fill(view, p.name, by_name[p.name].shard_shape(W),
-                                         by_name[p.name].dtype),
+                    lambda view, p: read_bytes.append(fill(
+                        view, p.name, by_name[p.name].shard_shape(W), by_name[p.name].dtype)),
                     bind=bind, bind_override=bind_override, allow_fallback=allow_fallback)
                 memory.segments.append(seg_of[g.index])
                 placements += seg_of[g.index].placements
@@ -308,17 +315,30 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
                     arena.address + p.offset,
                     p.homes if bind_override is None else ((bind_override, p.mem_nbytes),))),
                 allow_fallback=allow_fallback)
-        # Fault the whole arena in with one call, on the bound nodes, instead of one trap per
-        # (huge) page while copying: faulting is the largest part of loading (the kernel zeroes
-        # every fresh page), and the copy then runs on present memory.
-        populate(arena.address, arena.nbytes)
         lap("arena")
         raw = arena.array(np.uint8)
-        own: dict[str, np.ndarray] = {}
         for p in pieces:
-            dest = raw[p.offset:p.offset + p.mem_nbytes]
-            fill(dest, p.name, p.shape, p.dtype)
-            own[p.name] = _typed(dest, p.shape, p.dtype)
+            source(p.name)  # map every shard file now: the threads below only read the dict
+        parts = _split(pieces, threads or _load_threads())
+
+        def fault_in(part: list[Piece]) -> None:
+            # One call per part, on the bound nodes, instead of one trap per (huge) page while
+            # copying: faulting (the kernel zeroes every fresh page) is the largest part.
+            lo = part[0].offset
+            populate(arena.address + lo, part[-1].offset + part[-1].mem_nbytes - lo)
+
+        def copy(part: list[Piece]) -> int:
+            return sum(fill(raw[p.offset:p.offset + p.mem_nbytes], p.name, p.shape, p.dtype)
+                       for p in part)
+
+        # The worker's CPUs share the work (threads inherit its memory policy and CPUs; the
+        # page zeroing and the copy both release the GIL).
+        with ThreadPoolExecutor(max(1, len(parts))) as pool:
+            list(pool.map(fault_in, parts))
+            lap("fault")
+            read_bytes += pool.map(copy, parts)
+        own = {p.name: _typed(raw[p.offset:p.offset + p.mem_nbytes], p.shape, p.dtype)
+               for p in pieces}
         for m in maps.values():
             m._mmap.close()  # unmap the shard files now, not when the GC gets to them
         maps.clear()
@@ -370,7 +390,7 @@ def load_worker_params(model_dir: str | Path, workload: Workload, plan: Plan, wo
                         bytes_loaded=sum(p.mem_nbytes for p in pieces) + sum(
                             p.mem_nbytes for g in groups if g.owner == worker_id
                             for p in g.pieces),
-                        bytes_read_from_files=read, load_s=round(load_s, 4),
+                        bytes_read_from_files=sum(read_bytes), load_s=round(load_s, 4),
                         bytes_on_planned_node=on, bytes_audited=total,
                         pages_per_node=dict(sorted(per_node.items())), misplaced=tuple(bad[:20]),
                         bytes_shared_mapped=mapped,
@@ -435,6 +455,24 @@ def audit_pieces(pieces: Sequence[tuple[str, int, int, tuple[tuple[int, int], ..
             bad.append(f"{name}: {100 * on_bytes[i] / all_bytes[i]:.1f}% on node {planned}")
     return (int(on_bytes.sum()), int(all_bytes.sum()),
             {int(n): int(c) for n, c in zip(nodes, counts, strict=True)}, bad)
+
+
+def _load_threads() -> int:
+    """One loading thread per CPU of this worker (its affinity), at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+def _split(pieces: Sequence[Piece], n: int) -> list[list[Piece]]:
+    """At most ``n`` runs of consecutive pieces of about equal bytes (none empty)."""
+    total = sum(p.mem_nbytes for p in pieces) or 1
+    parts: list[list[Piece]] = [[]]
+    done = 0
+    for p in pieces:
+        if parts[-1] and done >= total * len(parts) / n:
+            parts.append([])
+        parts[-1].append(p)
+        done += p.mem_nbytes
+    return [q for q in parts if q]
 
 
 def _typed(dest: np.ndarray, shape: tuple[int, ...], dtype: str) -> np.ndarray:

@@ -217,3 +217,34 @@ def test_spilled_piece_audits_complete_where_it_was_bound(model_dirs, fake_numa)
         check_placement(rep, strict=True)
     del arrays
     mem.close()
+
+
+def test_pieces_split_into_balanced_runs_for_the_loading_threads():
+    from numaplan.runtime.loader import Piece, _split
+
+    sizes = [100, 5, 5, 300, 50, 50, 10, 200, 80]
+    pieces = [Piece(name=f"p{i}", shape=(n,), dtype="uint8", mem_nbytes=n, offset=0, homes=())
+              for i, n in enumerate(sizes)]
+    for n in (1, 2, 3, 8, 20):
+        parts = _split(pieces, n)
+        assert [p for part in parts for p in part] == pieces  # consecutive runs, all of them
+        assert 1 <= len(parts) <= n and all(parts)
+    assert [sum(p.mem_nbytes for p in part) for part in _split(pieces, 2)] == [410, 390]
+    assert _split([], 4) == []
+
+
+def test_threads_do_not_change_what_is_loaded(model_dirs, this_machine):
+    d = model_dirs["float32"]
+    wl = load_workload(d)
+    plan = make_plan(wl, this_machine, cost_from_slit(this_machine),
+                     PlanOptions(tensor_parallel_shards=2), model_name="m").plan
+    names = [t.name for t in plan.tensors]
+    m1, one, r1 = load_worker_params(d, wl, plan, 1, names, threads=1)
+    m3, three, r3 = load_worker_params(d, wl, plan, 1, names, threads=3)
+    for a, b in zip(one, three, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert r1.bytes_read_from_files == r3.bytes_read_from_files
+    assert r3.on_planned_fraction == 1.0 and set(r3.phases_s) >= {"arena", "fault", "copy"}
+    del one, three, a, b
+    m1.close()
+    m3.close()
