@@ -6,10 +6,13 @@ into memory whose ranges are bound (``mbind``) to the plan's homes *before* anyt
 1. :func:`plan_pieces` (pure): for every parameter, in the model's packed order, the worker's
    piece: its shape, dtype, and the homes of its bytes (from the plan's ``tensors``);
 2. :func:`load_worker_params`: one page-aligned arena for all pieces, each piece's page range
-   bound to its home node(s); the shard files are memory-mapped and each piece is cut out with
-   MLC's shard rules (:func:`numaplan.model.slice_shard`), so only the pages of the worker's own
-   rows / columns are read; ``f32-to-bf16`` weights are widened on the way; then every page of
-   the arena is audited with ``move_pages`` against the plan.
+   bound to its home node(s) (a page split between two homes goes with the first,
+   :func:`~numaplan.runtime.shared_weights.home_pages`) and faulted in; the shard files are
+   memory-mapped and each piece is cut out with MLC's shard rules
+   (:func:`numaplan.model.slice_shard`), so only the pages of the worker's own rows / columns are
+   read; ``f32-to-bf16`` weights are widened on the way (:mod:`numaplan.runtime.widen`); the
+   worker's CPUs share the faulting and the copying; then every page is audited with
+   ``move_pages`` against the home it was bound to (:func:`audit_pieces`).
 
 Replicated tensors that several workers read from the same homes are loaded once, by the lowest
 of those workers, into a shared segment the others map (:mod:`numaplan.runtime.shared_weights`):
