@@ -248,3 +248,40 @@ def test_threads_do_not_change_what_is_loaded(model_dirs, this_machine):
     del one, three, a, b
     m1.close()
     m3.close()
+
+
+def test_refused_mbind_of_shared_copies_is_recorded_under_fallback(model_dirs, this_machine,
+                                                                   fake_numa):
+    """Issue 14 4b: the owner of a shared copy records its refused mbind (before: the outcome
+    was dropped); without --allow-fallback the load fails naming the call."""
+    import threading
+
+    from numaplan.errors import PlacementError
+    from numaplan.runtime.shared_weights import cleanup_weight_segments
+
+    fake_numa(nodes=(0,), refuse={"mbind"})
+    d, wl, plan, names, shared = _tp2_here(model_dirs, this_machine)
+    with pytest.raises(PlacementError, match=r"mbind failed \(EPERM"):
+        load_worker_params(d, wl, plan, 0, names, shared=shared)
+    cleanup_weight_segments(shared.namespace)
+    results = {}
+
+    def load(w: int) -> None:
+        results[w] = load_worker_params(d, wl, plan, w, names, shared=shared,
+                                        allow_fallback=True)
+
+    threads = [threading.Thread(target=load, args=(w,)) for w in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    cleanup_weight_segments(shared.namespace)
+    (m0, a0, r0), (m1, a1, r1) = results[0], results[1]
+    # worker 0: its arena and the shared segment it owns; worker 1: its arena only
+    assert [(g.call, g.errno, g.fallback) for g in r0.downgrades] == \
+        [("mbind", "EPERM", "no policy (first touch)")] * 2
+    assert len(r1.downgrades) == 1 and "weights of worker 1" in r1.downgrades[0].what
+    results.clear()
+    del a0, a1
+    m0.close()
+    m1.close()
