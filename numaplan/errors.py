@@ -61,7 +61,17 @@ class InfeasiblePlanError(NumaplanError):
 
 
 class PlacementError(NumaplanError):
-    """The operating system refused a placement action (affinity, memory policy, page audit)."""
+    """The operating system refused a placement action (affinity, memory policy, page audit).
+
+    ``call`` and ``errno_name`` name the refused system call and its errno when the error comes
+    from one (``None`` otherwise): a fallback records them.
+    """
+
+    def __init__(self, message: str, *, path: str | Path | None = None,
+                 call: str | None = None, errno_name: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.call = call
+        self.errno_name = errno_name
 
 
 class PlanFormatError(NumaplanError):

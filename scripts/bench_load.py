@@ -4,8 +4,10 @@ numaplan's loader (one worker, W=1, so it loads every byte) maps the shard files
 worker's pieces with MLC's shard rules, writes them into node-bound memory, widens bf16-encoded
 float32, and audits every page with move_pages. The plain read is ``readinto`` of every
 ``params_shard_*.bin`` into one preallocated buffer. Both run warm (files in the page cache,
-after one untimed pass) and, when the page cache can be dropped (root), cold. Target: the loader
-at >= 70% of the plain read's throughput.
+after one untimed pass) and, when the page cache can be dropped (root), cold. The plain read into
+fresh memory and the loader alternate, repeat after repeat, so that load from other processes
+hits both alike; min and median are printed, with the loader's time per phase (``LoadReport.
+phases_s``). Target: the loader at >= 70% of the plain read's throughput.
 
 Usage: python scripts/bench_load.py [--size bench|default] [--repeats 5]
 """
@@ -66,34 +68,43 @@ def main() -> int:
     del arrays
     arena.close()
 
-    def run(fn):
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times), min(times)
-
     def load_once():
         a, arrays, rep = load_worker_params(d, wl, plan, 0, names)
-        run.last = rep
+        load_once.last = rep
         del arrays
         a.close()
+        return rep
 
-    p_med, _ = run(lambda: plain_read(files, buf))
-    # A plain load reads into fresh memory, as the loader must: both pay the first touch.
-    f_med, _ = run(lambda: plain_read(files, np.empty(file_bytes, dtype=np.uint8)))
-    l_med, _ = run(load_once)
-    rep = run.last
+    def timed(fn):
+        t0 = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t0, out
+
+    reused, fresh, loader, phases = [], [], [], []
+    for _ in range(args.repeats):
+        reused.append(timed(lambda: plain_read(files, buf))[0])
+        # A plain load reads into fresh memory, as the loader must: both pay the first touch.
+        fresh.append(timed(lambda: plain_read(files, np.empty(file_bytes, dtype=np.uint8)))[0])
+        t, rep = timed(load_once)
+        loader.append(t)
+        phases.append(rep.phases_s)
+    rep = load_once.last
+    med, lo = statistics.median, min
     print(f"model {d.name}: {file_bytes / 1e6:.1f} MB in {len(files)} shard files, "
-          f"{rep.bytes_loaded / 1e6:.1f} MB in memory (float32 widened from bf16)")
-    print(f"{'warm page cache':<22} {'median s':>9} {'GB/s (file bytes)':>18}")
-    print(f"{'plain read (reused)':<22} {p_med:>9.3f} {file_bytes / p_med / 1e9:>18.2f}")
-    print(f"{'plain read (fresh)':<22} {f_med:>9.3f} {file_bytes / f_med / 1e9:>18.2f}")
-    print(f"{'numaplan loader':<22} {l_med:>9.3f} {rep.bytes_read_from_files / l_med / 1e9:>18.2f}"
-          f"   (audit {100 * rep.on_planned_fraction:.1f}% on planned node)")
-    print(f"loader / plain read: {p_med / l_med:.2f}x (into a reused buffer), "
-          f"{f_med / l_med:.2f}x (into fresh memory, like the loader)")
+          f"{rep.bytes_loaded / 1e6:.1f} MB in memory"
+          + (" (float32 widened from bf16)" if rep.bytes_loaded > file_bytes else ""))
+    print(f"{'warm page cache':<22} {'min s':>7} {'median s':>9} {'GB/s (median)':>14}")
+    for name, ts in (("plain read (reused)", reused), ("plain read (fresh)", fresh),
+                     ("numaplan loader", loader)):
+        print(f"{name:<22} {lo(ts):>7.3f} {med(ts):>9.3f} {file_bytes / med(ts) / 1e9:>14.2f}")
+    print("loader phases (min / median ms): " + ", ".join(
+        f"{k} {1e3 * lo(p[k] for p in phases):.0f} / {1e3 * med([p[k] for p in phases]):.0f}"
+        for k in phases[0]) + f"; audit {100 * rep.on_planned_fraction:.1f}% on planned node")
+    ratios = [f / t for f, t in zip(fresh, loader, strict=True)]
+    print(f"loader / plain read into fresh memory: {lo(fresh) / lo(loader):.2f}x (min times), "
+          f"{med(ratios):.2f}x (median of {len(ratios)} alternating pairs, range "
+          f"{lo(ratios):.2f}-{max(ratios):.2f}); into a reused buffer: "
+          f"{med(reused) / med(loader):.2f}x (medians)")
     if drop_caches():
         drop_caches()
         t0 = time.perf_counter()

@@ -9,6 +9,9 @@ from hypothesis import settings
 
 from numaplan.topology import sample_path
 
+#: ``fake_numa``: a fake NUMA kernel of several nodes behind every NUMA call (tests/fake_kernel.py).
+pytest_plugins = ["tests.fake_kernel"]
+
 # CI runs the property tests on a fixed seed (a red run must be a real regression, not a draw);
 # every failing example a search ever found is pinned with @example beside its test. Locally
 # the search stays random: NUMAPLAN_HYPOTHESIS_PROFILE=ci reproduces CI's draws.

@@ -113,11 +113,14 @@ HELP.update({
             "the KV cache (empty line or EOF ends it)",
     "prompt_ids": "prompt token ids, comma-separated (e.g. 1,2,3)",
     "max_new_tokens": "tokens to generate at most (default 16 for --prompt-ids, 256 for text)",
-    "stats": "print measured placement, load and collective figures to stderr, and the plan's "
-             "predicted time per token next to the measured one",
+    "stats": "print measured placement (with every fallback taken), load and collective "
+             "figures to stderr, and the plan's predicted time per token next to the measured "
+             "one",
     "force": "run a stale plan (model or machine fingerprints differ)",
-    "strict_placement": "refuse to run when any weight byte is off its planned node",
-    "allow_fallback": "continue when the kernel refuses a placement (records the degradation)",
+    "strict_placement": "refuse to run when any weight byte or collective segment page is off "
+                        "its planned node, or could not be audited",
+    "allow_fallback": "continue when the kernel refuses a placement or an audit (each fallback "
+                      "is recorded and shown by --stats)",
     "no_share_replicated": "give every worker its own copy of the replicated tensors (default: "
                            "the workers reading from one node share one copy in /dev/shm)",
     "max_seq_len": "tokens of KV cache the workers create (default: what the plan reserved)",

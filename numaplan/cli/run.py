@@ -181,14 +181,25 @@ def render_stats(s, name: str) -> str:
         ok = "yes" if w.threads_on_planned_cpus else "NO"
         local = (100.0 * w.weight_bytes_on_planned_node / w.weight_bytes) if w.weight_bytes \
             else 0.0
+        loaded = "not loaded" if w.load_s is None else \
+            f"loaded {human_bytes(w.weight_bytes_loaded)} in {w.load_s:.3f} s"
         lines.append(f"worker {w.worker_id} (pid {w.pid}): node {w.node_id}, CPUs {w.cpus_planned}"
                      f" (threads {', '.join(w.thread_cpus)}: on plan {ok}), memory "
                      f"{w.mempolicy}; weights {human_bytes(w.weight_bytes)}, {local:.2f}% on "
-                     f"planned node; loaded {human_bytes(w.weight_bytes_loaded)} in "
-                     f"{w.load_s:.3f} s" + (f", mapped {human_bytes(w.weight_bytes_shared_mapped)}"
-                                             " of shared copies"
-                                             if w.weight_bytes_shared_mapped else ""))
+                     f"planned node; {loaded}" + (
+                         f", mapped {human_bytes(w.weight_bytes_shared_mapped)} of shared copies"
+                         if w.weight_bytes_shared_mapped else ""))
+        if w.kv_cache:
+            lines.append(f"  {w.kv_cache}")
+        if w.collective_kernel:
+            lines.append(f"  collective kernel: {w.collective_kernel}")
+        lines += [f"  collective segment: {a}" for a in w.collective_segments]
+        lines += [f"  note: {n}" for n in w.notes]
+        lines += [f"  downgrade: {d.describe()}" for d in w.downgrades]
     lines.append(f"weight bytes on their planned node: {s.weight_local_percentage:.2f}%")
+    if any(w.kv_cache for w in s.workers):
+        lines.append(f"KV-cache pages on their planned node: {s.kv_local_percentage:.2f}%")
+    lines.append(f"placement downgrades (--allow-fallback): {len(s.downgrades)}")
     lines.append(f"collectives: {s.collective_calls} calls, {human_bytes(s.collective_bytes)} "
                  f"read, {s.inter_node_percentage:.1f}% across nodes")
     if s.decode_s_per_step is not None:

@@ -40,6 +40,8 @@ from numaplan.osnuma.backend import (
 )
 from numaplan.osnuma.buffer import NodeBuffer
 from numaplan.osnuma.mempolicy import (
+    NO_POLICY,
+    Downgrade,
     MemPolicy,
     PlacementOutcome,
     apply_mempolicy,
@@ -56,6 +58,8 @@ from numaplan.osnuma.threads import PinnedThreads, set_native_thread_name
 
 __all__ = [
     "BACKEND_ENV",
+    "NO_POLICY",
+    "Downgrade",
     "MemPolicy",
     "MovePagesQuery",
     "Mpol",

@@ -115,7 +115,7 @@ def placement_error(exc: NumaCallError | OSError, what: str, *, call: str | None
     err = exc.errno or 0
     tip = hint or _HINTS.get(err, "see the ERRORS section of the man page")
     return PlacementError(f"{name} failed ({errno_name(err)}: {os.strerror(err)}) while trying "
-                          f"to {what}; {tip}")
+                          f"to {what}; {tip}", call=name, errno_name=errno_name(err))
 
 
 # -- node masks ---------------------------------------------------------------------------------

@@ -74,6 +74,43 @@ class MemPolicy(Frozen):
         return f"{self.mode} {'over' if 'interleave' in self.mode else 'to'} {what}"
 
 
+class Downgrade(Frozen):
+    """One placement call the kernel refused under ``allow_fallback``, and what was done instead.
+
+    Attributes
+    ----------
+    call
+        The refused system call (``mbind``, ``set_mempolicy``, ``get_mempolicy``,
+        ``move_pages``).
+    errno
+        Its errno name (``EPERM``).
+    what
+        What was being placed or audited (``bind to node 1: weights of worker 1``).
+    fallback
+        What happened instead (``preferred to node 1``, ``no policy: first touch``,
+        ``not audited``).
+    """
+
+    call: str
+    errno: str
+    what: str
+    fallback: str
+
+    @classmethod
+    def of(cls, exc: PlacementError, what: str, fallback: str) -> Downgrade:
+        """The downgrade a refused call (``exc``) led to."""
+        return cls(call=exc.call or "?", errno=exc.errno_name or "?", what=what,
+                   fallback=fallback)
+
+    def describe(self) -> str:
+        """``weights of worker 1: mbind refused (EPERM), fell back to preferred to node 1``."""
+        return f"{self.what}: {self.call} refused ({self.errno}), fell back to {self.fallback}"
+
+
+#: What a range or a thread gets when no policy at all could be set.
+NO_POLICY = "no policy (first touch)"
+
+
 class PlacementOutcome(Frozen):
     """What a placement request really achieved.
 
@@ -89,6 +126,8 @@ class PlacementOutcome(Frozen):
         ``True`` when ``achieved`` is weaker than ``requested``.
     reasons
         The errors that forced each step down, in order.
+    refused
+        ``(call, errno name)`` of each of those errors.
     """
 
     action: Literal["set_mempolicy", "mbind"]
@@ -96,6 +135,18 @@ class PlacementOutcome(Frozen):
     achieved: MemPolicy | None
     degraded: bool = False
     reasons: tuple[str, ...] = ()
+    refused: tuple[tuple[str, str], ...] = ()
+
+    def downgrade(self, what: str) -> Downgrade | None:
+        """The :class:`Downgrade` this outcome records (``None`` when nothing was degraded).
+
+        The errno is the requested call's: the reason the placement is weaker than planned.
+        """
+        if not self.degraded:
+            return None
+        call, err = self.refused[0] if self.refused else (self.action, "?")
+        return Downgrade(call=call, errno=err, what=f"{self.requested.describe()}: {what}",
+                         fallback=self.achieved.describe() if self.achieved else NO_POLICY)
 
 
 def mode_number(mode: Mpol | ModeName | int) -> Mpol:
@@ -372,6 +423,7 @@ def apply_mempolicy(mode: Mpol | ModeName | int, node_ids: Iterable[int] = (), *
     requested = _policy(mode, node_ids)
     check_policy_nodes(requested)  # a wrong node is the caller's error: never degrade on it
     reasons: list[str] = []
+    refused: list[tuple[str, str]] = []
     for candidate in [requested, *_fallbacks(requested)]:
         try:
             set_mempolicy(candidate.mode, candidate.node_ids, backend=backend)
@@ -379,11 +431,13 @@ def apply_mempolicy(mode: Mpol | ModeName | int, node_ids: Iterable[int] = (), *
             if not allow_fallback:
                 raise
             reasons.append(str(exc))
+            refused.append((exc.call or "set_mempolicy", exc.errno_name or "?"))
             continue
         return PlacementOutcome(action="set_mempolicy", requested=requested, achieved=candidate,
-                                degraded=candidate != requested, reasons=tuple(reasons))
+                                degraded=candidate != requested, reasons=tuple(reasons),
+                                refused=tuple(refused))
     return PlacementOutcome(action="set_mempolicy", requested=requested, achieved=None,
-                            degraded=True, reasons=tuple(reasons))
+                            degraded=True, reasons=tuple(reasons), refused=tuple(refused))
 
 
 def bind_range(address: int, length: int, node_ids: int | Iterable[int], *,
@@ -410,6 +464,7 @@ def bind_range(address: int, length: int, node_ids: int | Iterable[int], *,
     requested = _policy(mode, nodes)
     check_policy_nodes(requested)  # a wrong node is the caller's error: never degrade on it
     reasons: list[str] = []
+    refused: list[tuple[str, str]] = []
     for candidate in [requested, *_fallbacks(requested)]:
         try:
             mbind(address, length, candidate.mode, candidate.node_ids, strict=strict, move=move,
@@ -418,8 +473,10 @@ def bind_range(address: int, length: int, node_ids: int | Iterable[int], *,
             if not allow_fallback:
                 raise
             reasons.append(str(exc))
+            refused.append((exc.call or "mbind", exc.errno_name or "?"))
             continue
         return PlacementOutcome(action="mbind", requested=requested, achieved=candidate,
-                                degraded=candidate != requested, reasons=tuple(reasons))
+                                degraded=candidate != requested, reasons=tuple(reasons),
+                                refused=tuple(refused))
     return PlacementOutcome(action="mbind", requested=requested, achieved=None, degraded=True,
-                            reasons=tuple(reasons))
+                            reasons=tuple(reasons), refused=tuple(refused))

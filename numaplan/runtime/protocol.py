@@ -24,10 +24,12 @@ from pydantic import BaseModel, Field
 
 from numaplan._base import Frozen
 from numaplan.errors import CollectiveError, NumaplanError, error_class
+from numaplan.osnuma import Downgrade
 from numaplan.plan.io import plan_from_dict
 from numaplan.plan.schema import Plan
 from numaplan.runtime.ccl.spec import DEFAULT_TIMEOUT_S
 from numaplan.runtime.ccl.stats import CommStats
+from numaplan.runtime.kv_placement import KVPlacement
 from numaplan.runtime.loader import LoadReport
 
 M = TypeVar("M", bound=BaseModel)
@@ -123,6 +125,8 @@ class SetupReport(Frozen):
     mempolicy: str
     pool_threads: int
     notes: tuple[str, ...]
+    #: Placement calls refused under ``allow_fallback`` during setup (memory policy).
+    downgrades: tuple[Downgrade, ...] = ()
 
 
 class LoadDone(Frozen):
@@ -148,6 +152,7 @@ class WorkerReport(Frozen):
     threads: tuple[ThreadReport, ...]
     load: LoadReport | None = None
     collective: CommStats | None = None
+    kv: KVPlacement | None = None
 
 
 class GenerationResult(Frozen):

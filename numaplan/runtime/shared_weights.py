@@ -26,7 +26,7 @@ import contextlib
 import mmap
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ import numpy as np
 from numaplan._base import Frozen
 from numaplan.errors import PlacementError
 from numaplan.model import Workload
-from numaplan.osnuma import bind_range
+from numaplan.osnuma import PlacementOutcome, bind_range
 from numaplan.plan.schema import Plan
 from numaplan.runtime.shm import SHM_DIR, mapping_address, open_when_published
 
@@ -153,6 +153,8 @@ class SharedSegment:
         self._mm: mmap.mmap | None = mm
         self.created = created
         self.address = mapping_address(mm)
+        #: The owner's mbind outcomes, one per range bound (empty for the other members).
+        self.placements: list[PlacementOutcome] = []
 
     def array(self) -> np.ndarray:
         """A writable byte view of the whole segment."""
@@ -166,20 +168,58 @@ class SharedSegment:
             self._mm = None
 
 
-def bind_homes(start: int, homes: Sequence[tuple[int, int]], *,
-               allow_fallback: bool = False) -> None:
-    """``mbind`` the consecutive byte ranges of a piece starting at address ``start`` to their
-    home nodes (``homes``: ``(node, nbytes)`` in order); a page shared by two homes stays with
-    the first."""
+def home_pages(start: int, homes: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """The pages of each home of a piece: ``(node, first page address, end address)``.
+
+    The piece's bytes start at address ``start`` and run through its homes (``(node, nbytes)``
+    in order). A page shared by two homes belongs to the first (the home of its first byte): it
+    is bound there and audited against it. A home whose bytes all fall in such a page gets no
+    page of its own (and no entry).
+
+    Examples
+    --------
+    >>> home_pages(0, [(1, 6000), (0, 6000)])
+    [(1, 0, 8192), (0, 8192, 12288)]
+    """
+    out = []
     pos = 0
     for node, nbytes in homes:
-        lo = (start + pos) // PAGE * PAGE
-        hi = -(-(start + pos + nbytes) // PAGE) * PAGE
-        if pos and lo < start + pos:
-            lo += PAGE  # the boundary page stays with the previous home
-        if hi > lo and nbytes > 0:
-            bind_range(lo, hi - lo, node, allow_fallback=allow_fallback, move=False)
+        if nbytes > 0:
+            lo = -(-(start + pos) // PAGE) * PAGE  # a page begun by the previous home stays
+            if pos == 0:
+                lo = start // PAGE * PAGE
+            hi = -(-(start + pos + nbytes) // PAGE) * PAGE
+            if hi > lo:
+                out.append((node, lo, hi))
         pos += nbytes
+    return out
+
+
+def bind_pages(ranges: Iterable[tuple[int, int, int]], *, allow_fallback: bool = False
+               ) -> list[PlacementOutcome]:
+    """``mbind`` page ranges (``(node, start, end)``, from :func:`home_pages`) to their nodes,
+    adjacent ranges of one node in one call (a worker's arena on one node is one call, not one
+    per weight).
+
+    Returns
+    -------
+    list of PlacementOutcome
+        One per call (degraded ones only with ``allow_fallback``).
+    """
+    merged: list[list[int]] = []
+    for node, lo, hi in ranges:
+        if merged and merged[-1][0] == node and merged[-1][2] == lo:
+            merged[-1][2] = hi
+        else:
+            merged.append([node, lo, hi])
+    return [bind_range(lo, hi - lo, node, allow_fallback=allow_fallback, move=False)
+            for node, lo, hi in merged]
+
+
+def bind_homes(start: int, homes: Sequence[tuple[int, int]], *, allow_fallback: bool = False
+               ) -> list[PlacementOutcome]:
+    """``mbind`` the pages of each home of one piece (:func:`home_pages`) to its node."""
+    return bind_pages(home_pages(start, homes), allow_fallback=allow_fallback)
 
 
 def create_segment(path: Path, group: CopyGroup,
@@ -217,9 +257,11 @@ def create_segment(path: Path, group: CopyGroup,
                        prot=mmap.PROT_READ | mmap.PROT_WRITE)
         seg = SharedSegment(path, mm, created=True)
         if bind:  # the shared policy must exist before any page does
-            for p in group.pieces:
-                homes = p.homes if bind_override is None else ((bind_override, p.mem_nbytes),)
-                bind_homes(seg.address + p.offset, homes, allow_fallback=allow_fallback)
+            seg.placements += bind_pages(
+                (r for p in group.pieces for r in home_pages(
+                    seg.address + p.offset,
+                    p.homes if bind_override is None else ((bind_override, p.mem_nbytes),))),
+                allow_fallback=allow_fallback)
         try:
             os.posix_fallocate(fd, 0, group.size)
         except OSError as exc:

@@ -40,13 +40,14 @@ import numpy as np
 import tvm
 import tvm_ffi
 
-from numaplan.errors import NumaplanError
-from numaplan.osnuma import apply_mempolicy, get_affinity, get_mempolicy, set_affinity
+from numaplan.errors import NumaplanError, PlacementError
+from numaplan.osnuma import Downgrade, apply_mempolicy, get_affinity, get_mempolicy, set_affinity
 from numaplan.osnuma.affinity import current_thread_id, read_thread_affinity
 from numaplan.plan.schema import Plan
 from numaplan.runtime.ccl.communicator import Communicator
 from numaplan.runtime.ccl.spec import CommSpec
 from numaplan.runtime.ccl.tvm_functions import register_tvm_functions
+from numaplan.runtime.kv_placement import KVMemory, audit_kv, check_kv_placement, create_on_node
 from numaplan.runtime.loader import LoadReport, SharedCopies, check_placement, load_worker_params
 from numaplan.runtime.paged_kv import PagedKVModel
 from numaplan.runtime.protocol import (
@@ -87,6 +88,7 @@ class _State:
     setup: SetupReport | None = None
     pool_tids: list[int] = field(default_factory=list)
     kv: PagedKVModel | None = None
+    kv_memory: KVMemory | None = None
     logits: np.ndarray | None = None
 
 
@@ -134,10 +136,10 @@ def setup(spec_json: str) -> SetupReport:
                     os.sched_setaffinity(tid, cpus)
                 except OSError as exc:
                     notes.append(f"thread {tid}: {exc.strerror}")
+        downgrades: list[Downgrade] = []
         if enforce:
             outcome = apply_mempolicy("bind", [w.mem_node_id], allow_fallback=opts.allow_fallback)
-            if outcome.degraded:
-                notes.append(f"memory policy degraded: {'; '.join(outcome.reasons)}")
+            downgrades += [d for d in [outcome.downgrade(f"memory of worker {wid}")] if d]
         before = _task_ids()
         if enforce:
             tvm.get_global_func("runtime.config_threadpool")(
@@ -148,13 +150,23 @@ def setup(spec_json: str) -> SetupReport:
                 -3, len(cpus), [str(c) for c in sorted(os.sched_getaffinity(0))])
         st.pool_tids = sorted(_task_ids() - before)
         st.comm = _attach_collective(plan, spec, wid)
+        if st.comm is not None:
+            check_collective_placement(st.comm, wid, strict=opts.strict_placement)
+        try:
+            mempolicy = get_mempolicy().describe()
+        except PlacementError as exc:
+            if not opts.allow_fallback or exc.call is None:
+                raise
+            mempolicy = "unknown"
+            downgrades.append(Downgrade.of(exc, f"read the memory policy of worker {wid}",
+                                           "reported as unknown"))
         st.setup = SetupReport(
             worker_id=wid, pid=os.getpid(), tid=current_thread_id(),
             node_id=w.node_id, mem_node_id=w.mem_node_id,
             cpus_planned=format_cpulist(cpus), cpus_thread=format_cpulist(get_affinity()),
-            mempolicy=get_mempolicy().describe(),
+            mempolicy=mempolicy,
             pool_threads=len(st.pool_tids) or int(tvm.get_global_func("runtime.NumThreads")()),
-            notes=tuple(notes))
+            notes=tuple(notes), downgrades=tuple(downgrades))
         _STATE.__dict__.update(st.__dict__)
         return st.setup
 
@@ -164,10 +176,31 @@ def _attach_collective(plan: Plan, spec: WorkerSpec, rank: int) -> Communicator 
     worker's model has no collective)."""
     if plan.request.tensor_parallel_shards == 1:
         return None
-    cs = CommSpec.from_plan(plan, spec.namespace, timeout_s=spec.options.collective_timeout_s)
+    cs = CommSpec.from_plan(plan, spec.namespace, timeout_s=spec.options.collective_timeout_s,
+                            allow_placement_fallback=spec.options.allow_fallback)
     comm = Communicator.create(cs, rank)
     register_tvm_functions(comm)
     return comm
+
+
+def check_collective_placement(comm: Communicator, worker_id: int, *, strict: bool) -> None:
+    """In strict mode, refuse collective segments this worker created off their memory node,
+    or that could not be audited (move_pages refused under ``allow_fallback``).
+
+    Raises
+    ------
+    PlacementError
+        Naming the segment and where its pages are.
+    """
+    if not strict:
+        return
+    stats = comm.stats()
+    problems = list(stats.misplaced_segments) + [
+        d.describe() for d in stats.downgrades if d.call == "move_pages"]
+    if problems:
+        comm.close()
+        raise PlacementError(f"worker {worker_id}: strict placement refuses "
+                             f"{'; '.join(problems)}")
 
 
 def abort_collective(reason: str) -> None:
@@ -241,15 +274,24 @@ def vm_tensors(arrays: list[np.ndarray], dtypes: list[str]) -> list[Any]:
 @tvm_ffi.register_global_func(KV_INIT, override=True)
 @reporting
 def kv_init(vm: Any, spec_json: str) -> KVCacheInfo:
-    """Create this worker's paged KV cache (after the worker is pinned and bound: its pages
-    are allocated by this thread, under this worker's memory policy)."""
+    """Create this worker's paged KV cache with its pages bound to the worker's memory node,
+    prefaulted and audited (:mod:`numaplan.runtime.kv_placement`); strict mode refuses a cache
+    off its node."""
     spec = KVCacheSpec.model_validate_json(spec_json)
-    if not _STATE.params:
+    st = _STATE
+    if not st.params or st.plan is None or st.spec is None:
         raise NumaplanError("kv_init before load_params")
-    model = PagedKVModel(vm, _STATE.params, max_batch=spec.max_batch,
-                         max_total_seq_len=spec.max_total_seq_len,
-                         prefill_chunk=spec.prefill_chunk)
-    _STATE.kv = model
+    opts = st.spec.options
+    _STATE.kv = _STATE.kv_memory = None  # a new cache replaces the old one (and its memory)
+    model, memory = create_on_node(
+        lambda: PagedKVModel(vm, st.params, max_batch=spec.max_batch,
+                             max_total_seq_len=spec.max_total_seq_len,
+                             prefill_chunk=spec.prefill_chunk),
+        st.plan.workers[st.worker_id].mem_node_id, bind=opts.enforce_placement,
+        allow_fallback=opts.allow_fallback)
+    check_kv_placement(audit_kv(memory, allow_fallback=opts.allow_fallback), st.worker_id,
+                       strict=opts.strict_placement)
+    _STATE.kv, _STATE.kv_memory = model, memory
     return KVCacheInfo(max_batch=model.max_batch, max_total_seq_len=model.max_total,
                        prefill_chunk=model.prefill_chunk, free_tokens=model.free_tokens,
                        context_window=model.context_window)
@@ -325,7 +367,9 @@ def report() -> WorkerReport:
         except Exception as exc:  # a thread can exit between listing and reading
             threads.append(ThreadReport(tid=tid, error=str(exc)))
     return WorkerReport(setup=st.setup, threads=tuple(threads), load=st.load_report,
-                        collective=st.comm.stats() if st.comm is not None else None)
+                        collective=st.comm.stats() if st.comm is not None else None,
+                        kv=audit_kv(st.kv_memory, allow_fallback=st.spec.options.allow_fallback)
+                        if st.kv_memory is not None and st.spec is not None else None)
 
 
 @tvm_ffi.register_global_func(SHUTDOWN, override=True)

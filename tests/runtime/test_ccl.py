@@ -783,3 +783,56 @@ def test_portable_build_is_keyed_without_the_cpu(monkeypatch, tmp_path):
     monkeypatch.setenv("NUMAPLAN_CCL_PORTABLE", "1")
     assert kernel.compile_library(cache=tmp_path) == p1 and p1.is_file()
     assert not n1.exists() and not n2.exists()
+
+
+# -- placement: refused calls and misplaced segments -------------------------------------------
+def test_refused_segment_placement_downgrades_under_fallback(fake_numa):
+    """Issue 14 4b: with mbind and move_pages refused, ``allow_placement_fallback`` creates the
+    segment unbound and unaudited and records both downgrades in the stats (before: the bind
+    outcome was dropped and the refused audit failed the communicator); without it, creation
+    fails naming the call."""
+    from numaplan.errors import PlacementError
+
+    fake_numa(nodes=(0,), refuse={"mbind", "move_pages"})
+    spec = make_spec(1).model_copy(update={"allow_placement_fallback": True})
+    with Communicator.create(spec, 0) as comm:
+        st = comm.stats()
+        assert [(d.call, d.errno, d.fallback) for d in st.downgrades] == [
+            ("mbind", "EPERM", "no policy (first touch)"), ("move_pages", "EPERM", "not audited")]
+        assert st.segment_audits == ()
+        comm.allreduce(np.ones(4, np.float32))  # it works all the same
+    with pytest.raises((CollectiveError, PlacementError), match=r"mbind failed \(EPERM"):
+        Communicator.create(make_spec(1), 0)
+    assert segments.segment_paths(spec.namespace) == []
+
+
+def test_misplaced_segment_reaches_stats_and_strict_mode(fake_numa):
+    """Issue 14 4h: a segment whose pages are not on its memory node is in the stats (and the
+    --stats block) and strict mode refuses it (before: a logged warning only)."""
+    from numaplan.cli.run import render_stats
+    from numaplan.errors import PlacementError
+    from numaplan.runtime.protocol import SetupReport, WorkerReport
+    from numaplan.runtime.stats import runtime_stats
+    from numaplan.runtime.worker import check_collective_placement
+
+    kernel = fake_numa(nodes=(0, 1))
+    kernel.node_of = lambda address: 1  # the kernel put every page on node 1
+    spec = make_spec(1)
+    with Communicator.create(spec, 0) as comm:
+        st = comm.stats()
+        assert len(st.misplaced_segments) == 1 and "node 1:" in st.misplaced_segments[0]
+        assert st.kernel.startswith("ccl") and "-O" in st.kernel
+        check_collective_placement(comm, 0, strict=False)
+        setup = SetupReport(worker_id=0, pid=1, tid=1, node_id=0, mem_node_id=0,
+                            cpus_planned="0", cpus_thread="0", mempolicy="bind to node 0",
+                            pool_threads=1, notes=("a note",))
+        rs = runtime_stats([WorkerReport(setup=setup, threads=(), collective=st)], step_s=None,
+                           collective_s=None, load_s=None)
+        assert not rs.workers[0].collective_segments_on_node
+        text = render_stats(rs, "x.so")
+        assert "(MISPLACED)" in text and "collective kernel: ccl" in text
+        assert "note: a note" in text
+        with pytest.raises(PlacementError, match=r"worker 0: strict placement refuses "
+                                                 r"collective segment for node 0: pages on "
+                                                 r"node 0: 0\.0%"):
+            check_collective_placement(comm, 0, strict=True)

@@ -170,3 +170,118 @@ def test_weights_end_before_the_end_of_their_mapping(model_dirs, this_machine):
     from numaplan.runtime.shared_weights import cleanup_weight_segments
 
     cleanup_weight_segments(shared.namespace)
+
+
+def _spill_plan(model_dirs, extra_bytes: int = 100_000):
+    """The float32 example for W=2 on two one-node sockets, node 1 too small for worker 1's
+    share: some pieces of worker 1 spill to node 0, split inside a page."""
+    from numaplan.plan import build_problem
+    from numaplan.topology import synthetic_topology
+
+    d = model_dirs["float32"]
+    wl = load_workload(d)
+    roomy = synthetic_topology(sockets=2)
+    p = build_problem(wl, roomy, cost_from_slit(roomy), num_workers=2)
+    # Capacity = total * free_fraction (0.95) * (1 - headroom 0.10).
+    mem = int((p.reserve_bytes_per_worker + extra_bytes) / 0.95 / 0.9) + 4096
+    topo = synthetic_topology(sockets=2, mem_per_node_bytes=[1 << 30, mem])
+    plan = make_plan(wl, topo, cost_from_slit(topo),
+                     PlanOptions(tensor_parallel_shards=2, node_affinity={0: 0, 1: 1},
+                                 numa_prefer_local_memory=False), model_name="m").plan
+    return d, wl, plan, [t.name for t in plan.tensors]
+
+
+def test_spilled_piece_audits_complete_where_it_was_bound(model_dirs, fake_numa):
+    """Issue 14 4a: a piece split between two homes inside a page. The page at the split is
+    bound to the first home; the audit must check it there, so a correct placement audits
+    100% and strict mode accepts it (before the fix: < 100%, refused). A piece bound to the
+    wrong node is still reported."""
+    from numaplan.errors import PlacementError
+    from numaplan.runtime.loader import check_placement
+
+    d, wl, plan, names = _spill_plan(model_dirs)
+    split = [(t.name, plan.tensor_homes(t, 1)) for t in plan.tensors
+             if len(plan.tensor_homes(t, 1)) > 1]
+    assert split and any(h[0].nbytes % 4096 for _, h in split)  # a split inside a page
+    kernel = fake_numa(nodes=(0, 1))
+    mem, arrays, rep = load_worker_params(d, wl, plan, 1, names)
+    assert rep.on_planned_fraction == 1.0 and not rep.misplaced
+    assert set(rep.pages_per_node) == {0, 1} and not rep.downgrades
+    check_placement(rep, strict=True)
+    del arrays
+    mem.close()
+    kernel.ranges.clear()
+    mem, arrays, rep = load_worker_params(d, wl, plan, 1, names, bind_override=0)
+    assert rep.on_planned_fraction < 1.0 and rep.misplaced
+    with pytest.raises(PlacementError, match=r"worker 1: .*% of weight bytes"):
+        check_placement(rep, strict=True)
+    del arrays
+    mem.close()
+
+
+def test_pieces_split_into_balanced_runs_for_the_loading_threads():
+    from numaplan.runtime.loader import Piece, _split
+
+    sizes = [100, 5, 5, 300, 50, 50, 10, 200, 80]
+    pieces = [Piece(name=f"p{i}", shape=(n,), dtype="uint8", mem_nbytes=n, offset=0, homes=())
+              for i, n in enumerate(sizes)]
+    for n in (1, 2, 3, 8, 20):
+        parts = _split(pieces, n)
+        assert [p for part in parts for p in part] == pieces  # consecutive runs, all of them
+        assert 1 <= len(parts) <= n and all(parts)
+    assert [sum(p.mem_nbytes for p in part) for part in _split(pieces, 2)] == [410, 390]
+    assert _split([], 4) == []
+
+
+def test_threads_do_not_change_what_is_loaded(model_dirs, this_machine):
+    d = model_dirs["float32"]
+    wl = load_workload(d)
+    plan = make_plan(wl, this_machine, cost_from_slit(this_machine),
+                     PlanOptions(tensor_parallel_shards=2), model_name="m").plan
+    names = [t.name for t in plan.tensors]
+    m1, one, r1 = load_worker_params(d, wl, plan, 1, names, threads=1)
+    m3, three, r3 = load_worker_params(d, wl, plan, 1, names, threads=3)
+    for a, b in zip(one, three, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert r1.bytes_read_from_files == r3.bytes_read_from_files
+    assert r3.on_planned_fraction == 1.0 and set(r3.phases_s) >= {"arena", "fault", "copy"}
+    del one, three, a, b
+    m1.close()
+    m3.close()
+
+
+def test_refused_mbind_of_shared_copies_is_recorded_under_fallback(model_dirs, this_machine,
+                                                                   fake_numa):
+    """Issue 14 4b: the owner of a shared copy records its refused mbind (before: the outcome
+    was dropped); without --allow-fallback the load fails naming the call."""
+    import threading
+
+    from numaplan.errors import PlacementError
+    from numaplan.runtime.shared_weights import cleanup_weight_segments
+
+    fake_numa(nodes=(0,), refuse={"mbind"})
+    d, wl, plan, names, shared = _tp2_here(model_dirs, this_machine)
+    with pytest.raises(PlacementError, match=r"mbind failed \(EPERM"):
+        load_worker_params(d, wl, plan, 0, names, shared=shared)
+    cleanup_weight_segments(shared.namespace)
+    results = {}
+
+    def load(w: int) -> None:
+        results[w] = load_worker_params(d, wl, plan, w, names, shared=shared,
+                                        allow_fallback=True)
+
+    threads = [threading.Thread(target=load, args=(w,)) for w in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    cleanup_weight_segments(shared.namespace)
+    (m0, a0, r0), (m1, a1, r1) = results[0], results[1]
+    # worker 0: its arena and the shared segment it owns; worker 1: its arena only
+    assert [(g.call, g.errno, g.fallback) for g in r0.downgrades] == \
+        [("mbind", "EPERM", "no policy (first touch)")] * 2
+    assert len(r1.downgrades) == 1 and "weights of worker 1" in r1.downgrades[0].what
+    results.clear()
+    del a0, a1
+    m0.close()
+    m1.close()

@@ -41,6 +41,16 @@ def test_tp1_matches_numpy_reference(model_dirs, libraries):
     assert check.measured_token_s == stats.decode_s_per_step > 0
     assert check.measured_collective_s == 0.0 and check.token_ratio > 0
     assert "prediction vs measurement per token" in render_prediction_check(check)
+    # The KV cache (TVM allocates it): its memory found, at least K and V of every layer for
+    # the context window, and the pages the generation wrote are resident on node 0.
+    from numaplan.tiny_llama.build import SIZES
+
+    s = SIZES["default"]
+    kv = s["num_hidden_layers"] * 2 * s["num_key_value_heads"] * s["head_dim"] * 4 * \
+        s["context_window_size"]
+    assert w.kv_cache is not None and w.kv_mapped_bytes >= kv
+    assert 0 < w.kv_bytes == w.kv_bytes_on_planned_node, w.kv_cache
+    assert stats.kv_local_percentage == 100.0
 
 
 def test_plan_file_must_match_library(model_dirs, libraries, tmp_path):
@@ -153,3 +163,31 @@ def test_bfloat16_parameters_reach_the_vm_as_bfloat16():
     with pytest.raises(ValueError, match="expected uint16 bits"):
         vm_tensors([f32], ["bfloat16"])
     del bf, plain, bits, f32
+
+
+def test_refused_kernel_calls_downgrade_and_are_reported(model_dirs, libraries, fake_numa):
+    """Issue 14 4b: every NUMA call refused (EPERM). With --allow-fallback the run goes on and
+    each downgrade is a named event in the stats and in --stats: the memory policy, reading it
+    back (before: get_mempolicy failed the setup), the weights' mbind (before: dropped) and
+    their move_pages audit (before: failed the load). Without it the first refusal stops the
+    run in one line."""
+    from numaplan.cli.run import render_stats
+
+    fake_numa(nodes=(0,), refuse={"mbind", "set_mempolicy", "get_mempolicy", "move_pages"})
+    d = model_dirs["float32"]
+    _, lib = libraries("float32", 1)
+    with NumaRuntime(d, lib, options=RunOptions(allow_fallback=True)) as rt:
+        rt.generate(PROMPT, 2)
+        stats = rt.stats()
+    calls = {(d.call, d.fallback) for d in stats.downgrades}
+    assert any("KV cache" in d.what for d in stats.downgrades)
+    assert {("set_mempolicy", "no policy (first touch)"),
+            ("get_mempolicy", "reported as unknown"), ("mbind", "no policy (first touch)"),
+            ("move_pages", "not audited")} <= calls
+    assert all(d.errno == "EPERM" for d in stats.downgrades)
+    text = render_stats(stats, lib.name)
+    assert "downgrade: weights of worker 0" not in text  # the policy is named first
+    assert "downgrade: bind to node 0: weights of worker 0: mbind refused (EPERM)" in text
+    assert f"placement downgrades (--allow-fallback): {len(stats.downgrades)}" in text
+    with pytest.raises(PlacementError, match=r"^worker 0: set_mempolicy failed \(EPERM"):
+        NumaRuntime(d, lib).start()

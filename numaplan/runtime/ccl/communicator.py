@@ -535,7 +535,9 @@ class Communicator:
                       for k, s in zip(OPS, self._stats, strict=True)},
             allreduce_algorithms=dict(zip(ALGORITHMS, self._algo_counts, strict=True)),
             bytes_read=read, cross_node_bytes_read=inter, remote_memory_bytes_read=remote,
-            wait_s=wait_ns / 1e9)
+            wait_s=wait_ns / 1e9, kernel=self._engine.lib.describe(),
+            segment_audits=tuple(self.creation_audits.values()),
+            downgrades=tuple(d for s in self._segments.values() for d in s.downgrades))
 
     def reset_stats(self) -> None:
         """Zero the counters."""

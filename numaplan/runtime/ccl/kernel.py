@@ -82,9 +82,10 @@ class KernelLibrary:
         64-bit atomic load / store on shared memory (the abort word).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, flags: tuple[str, ...] = ()) -> None:
         lib = ctypes.CDLL(str(path))  # CDLL (not PyDLL): calls release the GIL
         self.path = path
+        self.flags = flags
         lib.ccl_ctx_size.restype = _u64
         if lib.ccl_ctx_size() != ctypes.sizeof(Ctx):
             raise CBuildError(f"{path}: ccl_ctx is {lib.ccl_ctx_size()} bytes in C but "
@@ -102,6 +103,12 @@ class KernelLibrary:
         self.load_acquire.argtypes, self.load_acquire.restype = [_vp], _u64
         self.store_release = lib.ccl_store_release
         self.store_release.argtypes, self.store_release.restype = [_vp, _u64], None
+
+
+    def describe(self) -> str:
+        """``ccl-<key>.so (-O3 -march=native)``: which build runs the collective."""
+        opt = " ".join(f for f in self.flags if f not in ("-shared", "-fPIC"))
+        return f"{self.path.name} ({opt or 'flags unknown'})"
 
 
 def library_path(cc: list[str], flags: tuple[str, ...], cache: Path | None = None) -> Path:
@@ -138,10 +145,13 @@ def load_library() -> KernelLibrary:
         When it cannot be built or loaded.
     """
     path = compile_library()
+    cc = find_compiler()
+    # compile_cached names each build after its flags: find which set this one was built with
+    flags = next((f for f in FLAG_CHOICES if cc and library_path(cc, f) == path), ())
     with _load_lock:
         if path not in _loaded:
             try:
-                _loaded[path] = KernelLibrary(path)
+                _loaded[path] = KernelLibrary(path, flags)
             except OSError as exc:
                 raise CBuildError(f"cannot load {path}: {exc}") from None
         return _loaded[path]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import mmap
 import os
 import re
@@ -40,11 +39,9 @@ import numpy as np
 
 from numaplan.errors import PlacementError, SegmentError
 from numaplan.osnuma.audit import PageAudit, audit_range
-from numaplan.osnuma.mempolicy import PlacementOutcome, bind_range
+from numaplan.osnuma.mempolicy import Downgrade, PlacementOutcome, bind_range
 from numaplan.osnuma.system import PAGE_SIZE
 from numaplan.runtime.shm import SHM_DIR, mapping_address, open_when_published
-
-log = logging.getLogger(__name__)
 
 MAGIC = 0x314C4343414D554E  # b"NUMACCL1" little-endian
 LAYOUT_VERSION = 1
@@ -171,12 +168,15 @@ class Segment:
     placement
         The mbind outcome (creator only).
     audit
-        move_pages audit right after creation (creator only).
+        move_pages audit right after creation (creator only; ``None`` when move_pages was
+        refused under ``allow_fallback``).
+    downgrades
+        Placement calls refused under ``allow_fallback`` while creating it (creator only).
     """
 
     def __init__(self, path: Path, layout: SegmentLayout, mm: mmap.mmap, created: bool,
-                 placement: PlacementOutcome | None = None, audit: PageAudit | None = None
-                 ) -> None:
+                 placement: PlacementOutcome | None = None, audit: PageAudit | None = None,
+                 downgrades: tuple[Downgrade, ...] = ()) -> None:
         self.path = path
         self.layout = layout
         self._mm: mmap.mmap | None = mm
@@ -185,6 +185,7 @@ class Segment:
         self.created = created
         self.placement = placement
         self.audit = audit
+        self.downgrades = downgrades
 
     # -- creation -----------------------------------------------------------------------------
     @classmethod
@@ -231,10 +232,15 @@ class Segment:
                 view[::PAGE_SIZE] = 0  # map every page into this process (audit sees them)
             finally:
                 del view
-            audit = audit_range(address, size, layout.mem_node)
-            if not audit.complete:
-                log.warning("segment %s is not where it should be: %s", path.name,
-                            audit.describe())
+            what = f"collective segment of node {layout.node_id}"
+            downgrades = [d for d in [placement.downgrade(what)] if d is not None]
+            try:
+                audit = audit_range(address, size, layout.mem_node)
+            except PlacementError as exc:
+                if not allow_fallback or exc.call is None:
+                    raise SegmentError(f"cannot audit segment {path.name}: {exc}") from None
+                audit = None
+                downgrades.append(Downgrade.of(exc, f"audit of the {what}", "not audited"))
             _HEADER.pack_into(mm, 0, 0, layout.layout_hash, world, layout.node_id, os.getpid(),
                               size)
             struct.pack_into("<Q", mm, 0, MAGIC)
@@ -247,7 +253,8 @@ class Segment:
                     f"(remove it with numaplan.runtime.ccl.cleanup(namespace))") from None
             except OSError as exc:
                 raise SegmentError(f"cannot publish segment {path}: {exc.strerror}") from None
-            seg = cls(path, layout, mm, created=True, placement=placement, audit=audit)
+            seg = cls(path, layout, mm, created=True, placement=placement, audit=audit,
+                      downgrades=tuple(downgrades))
             mm = None
             return seg
         finally:

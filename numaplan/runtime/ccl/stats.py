@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import computed_field
 
 from numaplan._base import Frozen
+from numaplan.osnuma import Downgrade, PageAudit
 
 
 class CallKindStats(Frozen):
@@ -30,6 +31,11 @@ class CommStats(Frozen):
     ``cross_node_bytes_read`` the part read from the segment of another node of the spec,
     ``remote_memory_bytes_read`` the part read from a segment bound to another memory node than
     this rank's. ``wait_s`` is the time spent waiting for peers (spinning included).
+
+    ``kernel`` names the C kernel build that ran the calls (its library file and compiler
+    flags); ``segment_audits`` are the move_pages audits of the segments this rank created
+    (node leaders), right after creation; ``downgrades`` the placement calls refused while
+    creating them under ``allow_fallback``.
     """
 
     rank: int
@@ -43,6 +49,15 @@ class CommStats(Frozen):
     cross_node_bytes_read: int
     remote_memory_bytes_read: int
     wait_s: float
+    kernel: str = ""
+    segment_audits: tuple[PageAudit, ...] = ()
+    downgrades: tuple[Downgrade, ...] = ()
+
+    @property
+    def misplaced_segments(self) -> tuple[str, ...]:
+        """One line per segment audited with pages off its memory node."""
+        return tuple(f"collective segment for node {','.join(map(str, a.target_node_ids))}: "
+                     f"{a.describe()}" for a in self.segment_audits if not a.complete)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
