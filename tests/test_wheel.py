@@ -22,12 +22,14 @@ from pathlib import Path
 
 import pytest
 
+from numaplan.plan.jsonschema import SCHEMA_PATH
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.wheel, pytest.mark.slow]
 
 #: Files the package opens at run time that are not Python modules.
 DATA = ("numaplan/runtime/ccl/kernel.c", "numaplan/osnuma/kernels.c",
-        "numaplan/schema/plan.v1.json",
+        f"numaplan/schema/{SCHEMA_PATH.name}",
         "numaplan/topology/machines/epyc7742_2s_nps4_archer2.txt")
 
 
