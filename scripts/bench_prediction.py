@@ -126,11 +126,18 @@ def main() -> int:
     ap.add_argument("--cases", default="example,smollm2,q4-124m")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return _run(args, args.workdir)
+    # The compiled models take a few hundred MB: a temporary directory goes however the run ends.
+    with tempfile.TemporaryDirectory(prefix="numaplan-bench-prediction-") as tmp:
+        return _run(args, Path(tmp))
+
+
+def _run(args: argparse.Namespace, root: Path) -> int:
     from numaplan.cli.main import main as cli
     from numaplan.cost import read_cost_json
 
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="numaplan-bench-prediction-"))
-    root.mkdir(parents=True, exist_ok=True)
     cost = args.cost or root / "cost.json"
     if not cost.exists() and cli(["probe", "--quick", "-o", str(cost)]) != 0:
         raise SystemExit("probe failed")
