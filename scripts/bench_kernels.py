@@ -103,6 +103,29 @@ def bench_shape(n: int, k: int, calls: int, target) -> dict[str, float]:
     return out
 
 
+def bench_tokens(n: int, k: int, tokens: list[int], calls: int, target) -> dict[str, float]:
+    """Microseconds per call of a batched decode step's q4 product at each token count:
+    ``q4_gemv_int8_tokens`` (the int8 policy's) against ``q4_matmul`` (the float policy's)."""
+    import tvm
+
+    from numaplan.nn.kernels import GROUP, Q4_PER_WORD, q4_gemv_int8_tokens, q4_matmul
+
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    q = tvm.runtime.tensor(rng.integers(0, 2**32, (n, k // Q4_PER_WORD), dtype="uint32"), dev)
+    s = tvm.runtime.tensor((rng.random((n, k // GROUP)) * 0.01).astype("float16"), dev)
+    fns = {"q4_gemv_int8_tokens": _compile(q4_gemv_int8_tokens(n, k, "float16", "float16"),
+                                           target),
+           "q4_matmul": _compile(q4_matmul(n, k, "float16", "float16"), target)}
+    out = {}
+    for t in tokens:
+        args = [tvm.runtime.tensor(rng.standard_normal((t, k)).astype("float16"), dev), q, s,
+                tvm.runtime.tensor(np.zeros((t, n), "float32"), dev)]
+        for name, fn in fns.items():
+            out[f"{name} t={t}"] = _measure(fn, [args], calls) * 1e6
+    return out
+
+
 def main() -> int:
     from numaplan.passes.schedules import host_target
 
@@ -110,6 +133,9 @@ def main() -> int:
     ap.add_argument("--shapes", default="4096x4096,1536x576,576x1536",
                     help="weights as OUTxIN (rows x input features)")
     ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--tokens", default="",
+                    help="also time a batched decode step's q4 product at these token counts "
+                         "(e.g. 1,2,4,8; needs AVX-512 VNNI), weights in cache")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     target = host_target()
@@ -119,6 +145,15 @@ def main() -> int:
         results[shape] = r = bench_shape(n, k, args.calls, target)
         print(f"{shape:>11}  " + "  ".join(f"{name} {gbps:5.1f} GB/s" for name, gbps in r.items()),
               flush=True)
+        if args.tokens:
+            from numaplan.nn.kernels import has_vnni
+
+            if not has_vnni(target):
+                print("  (no AVX-512 VNNI: the batched int8 step is not used here)")
+                continue
+            r["tokens_us"] = t = bench_tokens(n, k, [int(v) for v in args.tokens.split(",")],
+                                              args.calls, target)
+            print("  " + "  ".join(f"{name} {us:.0f} us" for name, us in t.items()), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"target": str(target), "results": results}, indent=2)
                              + "\n")

@@ -107,18 +107,25 @@ def _tokens(x: Tensor) -> tuple[list, object]:
 
 def q4_product(x: Tensor, q_weight: Tensor, q_scale: Tensor, n: int, k: int) -> Tensor:
     """``x @ dequant(q_weight, q_scale)^T`` in float32 through numaplan's kernels: the decode
-    GEMV for one token, the tiled matmul otherwise; the weight stays packed in memory."""
+    GEMV for one token; for a batched decode step (one token per sequence: the last leading
+    dim is a static 1) under the int8 policy, the same GEMV run for every token over each
+    weight row (a sequence's logits do not depend on its batch); the tiled matmul otherwise
+    (prefill). The weight stays packed in memory."""
     lead, count = _tokens(x)
     x_dtype, s_dtype = x.dtype, q_scale.dtype
+    int8 = kernels.current_policy().q4_activations == "int8"
+    one_per_sequence = bool(lead) and isinstance(lead[-1], int) and lead[-1] == 1
     if count == 1 and kernels.q4_lanes(k):
-        gemv = (kernels.q4_gemv_int8 if kernels.current_policy().q4_activations == "int8"
-                else kernels.q4_gemv)
-        func, rows = gemv(n, k, x_dtype, s_dtype), 1
+        gemv = kernels.q4_gemv_int8 if int8 else kernels.q4_gemv
+        func, rows, name = gemv(n, k, x_dtype, s_dtype), 1, "q4_gemv"
+    elif one_per_sequence and int8 and kernels.q4_lanes(k):
+        func, rows = kernels.q4_gemv_int8_tokens(n, k, x_dtype, s_dtype), count
+        name = "q4_gemv_tokens"
     else:
-        func, rows = kernels.q4_matmul(n, k, x_dtype, s_dtype), count
+        func, rows, name = kernels.q4_matmul(n, k, x_dtype, s_dtype), count, "q4_matmul"
     x2 = op.reshape(x, (rows, k))
-    y = op.tensor_ir_op(func, "q4_gemv" if rows == 1 and count == 1 else "q4_matmul",
-                        [x2, q_weight, q_scale], Tensor.placeholder([rows, n], "float32"))
+    y = op.tensor_ir_op(func, name, [x2, q_weight, q_scale],
+                        Tensor.placeholder([rows, n], "float32"))
     return op.reshape(y, (*lead, n))
 
 

@@ -95,6 +95,25 @@ def test_batched_sequences_equal_single_ones(model_root):
                                    rtol=2e-3, atol=2e-3)
 
 
+def test_batched_decode_step_is_each_sequences_own_under_int8(model_root):
+    # The batched decode step runs the one-token int8 product for every sequence: a
+    # sequence's logits are its logits alone (the float tiled matmul differed by the int8
+    # rounding, ~0.5 %), so a server's answers do not depend on what they are batched with.
+    built = build(model_root, "llama", "q4f16_1", q4_activations="int8")
+    model, _ = _load(built)
+    prompts = {1: [4, 8, 15, 16, 23], 2: [42, 7], 3: [99, 98, 97, 96]}
+    for sid, prompt in prompts.items():
+        model.add_sequence(sid)
+        model.prefill([sid], [prompt])
+    step = model.decode(list(prompts), [5, 6, 7])
+    alone, _ = _load(built)
+    for i, (sid, prompt) in enumerate(prompts.items()):
+        alone.add_sequence(sid)
+        alone.prefill([sid], [prompt])
+        np.testing.assert_allclose(alone.decode([sid], [5 + i])[0], step[i], rtol=1e-5,
+                                   atol=1e-5)
+
+
 def test_int8_activation_kernel_stays_close(model_root):
     built = build(model_root, "llama", "q4f16_1", q4_activations="int8")
     model, meta = _load(built)
