@@ -21,9 +21,10 @@ at 0.6-3.5 GB/s here; these kernels make consecutive weight *words* the lanes in
 ``q4_gemv_int8_tokens`` (a batched decode step under the int8 policy) runs the int8 GEMV for
 every token over each weight row while the row is in L1: each token's product is the one-token
 kernel's, bit for bit, and the step reads the weights once (2-2.6x faster than ``q4_matmul``
-at 2-8 tokens here, ``scripts/bench_kernels.py --tokens``). ``q4_matmul`` (prefill, and batched decode under the
-float policy) dequantizes a block of rows into a float32 tile once and reuses it for every
-token; ``dense_gemv`` widens float16 / bfloat16 on the fly with float32 accumulation.
+at 2-8 tokens here, ``scripts/bench_kernels.py --tokens``). ``q4_matmul`` (prefill, and
+batched decode under the float policy) dequantizes a block of rows into a float32 tile once and
+reuses it for every token; ``dense_gemv`` widens float16 / bfloat16 on the fly with float32
+accumulation.
 
 The design (and the measurements behind it) is written up in ``docs/kernels.md``.
 """
