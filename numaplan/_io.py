@@ -72,6 +72,34 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         f.write(data.encode() if isinstance(data, str) else data)
 
 
+def read_bytes(path: str | Path, *, error: type[NumaplanError] = NumaplanError,
+               expected: str = "a file") -> bytes:
+    """Read a file, turning every failure into ``error`` naming the file.
+
+    Parameters
+    ----------
+    path
+        The file to read.
+    error
+        The :class:`~numaplan.errors.NumaplanError` subclass to raise.
+    expected
+        What the file should be, for the message when ``path`` is a directory.
+
+    Raises
+    ------
+    NumaplanError
+        (as ``error``) when the file is missing, a directory or unreadable.
+    """
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise error("file not found", path=path) from None
+    except IsADirectoryError:
+        raise error(f"is a directory, expected {expected}", path=path) from None
+    except OSError as exc:
+        raise error(f"cannot read: {exc.strerror or exc}", path=path) from None
+
+
 def read_json(path: str | Path, *, error: type[NumaplanError] = NumaplanError) -> Any:
     """Read a JSON file, turning every failure into ``error`` naming the file.
 
@@ -88,13 +116,10 @@ def read_json(path: str | Path, *, error: type[NumaplanError] = NumaplanError) -
         (as ``error``) when the file is missing, unreadable, empty or not valid JSON.
     """
     path = Path(path)
+    data = read_bytes(path, error=error, expected="a JSON file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error("file not found", path=path) from None
-    except IsADirectoryError:
-        raise error("is a directory, expected a JSON file", path=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise error(f"cannot read: {exc}", path=path) from None
     if not text.strip():
         raise error("file is empty", path=path)

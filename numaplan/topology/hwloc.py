@@ -33,6 +33,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from numaplan._io import read_bytes
 from numaplan.errors import TopologyError
 from numaplan.topology.model import (
     CpuInfo,
@@ -131,14 +132,7 @@ def parse_hwloc_xml(text: str | bytes, *, source: str = "hwloc") -> Topology:
 
 def read_hwloc_file(path: str | Path) -> Topology:
     """:func:`parse_hwloc_xml` on a file."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise TopologyError("file not found", path=path) from None
-    except IsADirectoryError:
-        raise TopologyError("is a directory, expected an hwloc XML file", path=path) from None
-    except OSError as exc:
-        raise TopologyError(f"cannot read: {exc.strerror}", path=path) from None
+    data = read_bytes(path, error=TopologyError, expected="an hwloc XML file")
     return parse_hwloc_xml(data, source=str(path))
 
 

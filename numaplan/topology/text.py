@@ -17,6 +17,7 @@ import logging
 import re
 from pathlib import Path
 
+from numaplan._io import read_bytes
 from numaplan.errors import TopologyError
 from numaplan.topology.cpulist import parse_cpulist, parse_cpumask, parse_numactl_cpus
 from numaplan.topology.model import (
@@ -333,11 +334,5 @@ def read_lscpu_file(path: str | Path) -> Topology:
 
 
 def _read(path: str | Path) -> str:
-    try:
-        return Path(path).read_text(errors="replace")
-    except FileNotFoundError:
-        raise TopologyError("file not found", path=path) from None
-    except IsADirectoryError:
-        raise TopologyError("is a directory, expected a text file", path=path) from None
-    except OSError as exc:
-        raise TopologyError(f"cannot read: {exc.strerror}", path=path) from None
+    return read_bytes(path, error=TopologyError, expected="a text file").decode(
+        errors="replace")
