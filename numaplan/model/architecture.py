@@ -28,6 +28,7 @@ from pydantic import model_validator
 
 from numaplan.errors import ModelFormatError
 from numaplan.model.config import ModelConfig, first_error, parse_mlc_config
+from numaplan.model.sizes import DEFAULT_KV_WINDOW
 
 #: The ``model_type`` values numaplan has a model definition for.
 MODEL_TYPES = ("llama", "mistral", "qwen2", "phi3")
@@ -77,7 +78,7 @@ class Architecture(ModelConfig):
         window for windowed models with no fixed context."""
         if self.context_window_size > 0:
             return self.context_window_size
-        return self.sliding_window_size if self.sliding_window_size > 0 else 4096
+        return self.sliding_window_size if self.sliding_window_size > 0 else DEFAULT_KV_WINDOW
 
 
 def parse_architecture(doc: Mapping[str, Any], *, path: str | Path | None = None

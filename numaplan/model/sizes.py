@@ -9,6 +9,16 @@ from numaplan.model.workload import Workload
 #: Tokens per page of the paged KV cache numaplan creates (TVM's ``page_size`` argument; TVM
 #: 0.27's CPU attention kernels require 16): capacities are whole pages.
 KV_PAGE_TOKENS = 16
+#: The context planned and cached for a model that states no window (a sliding-window model
+#: with no fixed context reports -1).
+DEFAULT_KV_WINDOW = 4096
+
+
+def kv_window(workload: Workload) -> int:
+    """Tokens of KV cache one sequence can hold: the context window, else
+    :data:`DEFAULT_KV_WINDOW`."""
+    return workload.context_window_size if workload.context_window_size > 0 else \
+        DEFAULT_KV_WINDOW
 
 
 def total_nbytes(workload: Workload) -> int:

@@ -22,7 +22,7 @@ from numaplan._version import __version__
 from numaplan.cost import DEFAULT_PENALTY, CostModel, Penalty
 from numaplan.errors import InfeasiblePlanError, UsageError
 from numaplan.model import Workload
-from numaplan.model.sizes import KV_PAGE_TOKENS
+from numaplan.model.sizes import KV_PAGE_TOKENS, kv_window
 from numaplan.plan import baselines, solver_greedy, solver_partition
 from numaplan.plan.predict import Prediction, lower_bound, predict
 from numaplan.plan.problem import (
@@ -31,7 +31,6 @@ from numaplan.plan.problem import (
     PAGE,
     PlacementProblem,
     build_problem,
-    kv_window,
 )
 from numaplan.plan.schema import (
     BaselinePrediction,

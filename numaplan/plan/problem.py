@@ -25,7 +25,7 @@ from numaplan._base import Frozen
 from numaplan.cost import CostModel
 from numaplan.errors import CostModelError, InfeasiblePlanError, UsageError
 from numaplan.model import Role, Workload, validate_tp
-from numaplan.model.sizes import kv_cache_bytes_per_token
+from numaplan.model.sizes import kv_cache_bytes_per_token, kv_window
 from numaplan.topology import Node, Topology
 
 #: The granularity at which a memory home is bound (mbind works on pages): a planned piece
@@ -357,12 +357,6 @@ def build_problem(
         compute_fixed_s={n: v for n, v in fixed.items() if v > 0},
         compute_source=compute_source,
     )
-
-
-def kv_window(workload: Workload) -> int:
-    """Tokens of KV cache one sequence can hold (a sliding-window model with no known window
-    reports -1: plan for a 4096-token context)."""
-    return workload.context_window_size if workload.context_window_size > 0 else 4096
 
 
 def node_capacity(node: Node, *, usable: bool, mem_headroom: float,

@@ -24,6 +24,7 @@ from numaplan.cost import (
     read_mlc_files,
 )
 from numaplan.model import Workload, kv_cache_bytes_per_token, total_mem_nbytes, valid_tp_degrees
+from numaplan.model.sizes import kv_window
 from numaplan.plan.planner import DEFAULT_TIME_LIMIT_S, PlanOptions
 from numaplan.plan.problem import DEFAULT_MEM_HEADROOM, node_capacity
 from numaplan.topology import Topology
@@ -150,7 +151,7 @@ def mode_batch_size(mode: Mode, workload: Workload, topology: Topology, *,
     # The same capacity the planner plans against (a dump's free figure is not it).
     free = sum(node_capacity(n, usable=True, mem_headroom=DEFAULT_MEM_HEADROOM)[0] or 0
                for n in topology.nodes if n.node_id in nodes)
-    window = workload.context_window_size if workload.context_window_size > 0 else 4096
+    window = kv_window(workload)
     per_seq = window * kv_cache_bytes_per_token(workload)
     room = SERVER_KV_MEMORY_SHARE * (free - total_mem_nbytes(workload))
     return max(1, min(SERVER_MAX_BATCH, int(room // per_seq)))

@@ -23,7 +23,7 @@ import tvm
 from tvm.runtime import ShapeTuple
 
 from numaplan.errors import RequestError
-from numaplan.model.sizes import KV_PAGE_TOKENS
+from numaplan.model.sizes import DEFAULT_KV_WINDOW, KV_PAGE_TOKENS
 
 #: Names of the cache-creation function, in the order they are looked up (the first is what
 #: ``mlc_llm compile`` and numaplan export).
@@ -85,7 +85,7 @@ class PagedKVModel:
         self.context_window = int(self.meta.get("context_window_size", -1))
         self.sliding_window = int(self.meta.get("sliding_window_size", -1))
         self.attention_sink = int(self.meta.get("attention_sink_size", -1))
-        window = self.context_window if self.context_window > 0 else 4096
+        window = self.context_window if self.context_window > 0 else DEFAULT_KV_WINDOW
         self.max_total = int(max_total_seq_len or window)
         self.max_total = -(-self.max_total // PAGE_SIZE) * PAGE_SIZE
         self.prefill_chunk = int(prefill_chunk or self.meta.get("prefill_chunk_size") or 512)
